@@ -1,0 +1,229 @@
+//! `index.json`: which manifests the store holds and under which tags.
+//!
+//! One entry per tag, annotated with the full name
+//! (`io.containerd.image.name`) and the familiar `name:tag`
+//! (`org.opencontainers.image.ref.name`, so that
+//! `skopeo inspect oci:ROOT:busybox:latest` finds it). An image with no tag
+//! has one entry without annotations. Docker keeps an image whose last tag
+//! moved to another image as a dangling `<none>` image, and so do we.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+
+use super::{Result, Store, StoreError, io_err};
+use crate::digest::Digest;
+use crate::image::{
+    ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME, Descriptor, Index, MAX_JSON_SIZE,
+    MEDIA_OCI_MANIFEST,
+};
+use crate::reference::Reference;
+
+/// One image as the index lists it: a manifest and its tags.
+#[derive(Debug, Clone)]
+pub struct ImageRecord {
+    pub manifest: Digest,
+    pub manifest_size: u64,
+    /// The config digest: the image ID.
+    pub id: Digest,
+    pub tags: Vec<Reference>,
+}
+
+impl ImageRecord {
+    pub(crate) fn describe(&self) -> String {
+        match self.tags.first() {
+            Some(tag) => tag.familiar(),
+            None => format!("image {}", self.id.short()),
+        }
+    }
+}
+
+/// A change to the index, applied under its lock.
+pub struct IndexLock<'a> {
+    store: &'a Store,
+    _file: File,
+    pub index: Index,
+}
+
+impl IndexLock<'_> {
+    /// Points `tag` at `manifest`. Returns the image the tag left, if any.
+    pub fn set_tag(&mut self, tag: &Reference, manifest: &Descriptor) -> Option<Digest> {
+        let previous = self.untag(tag);
+        // An untagged entry for the same manifest is now redundant.
+        self.index
+            .manifests
+            .retain(|d| !(d.digest == manifest.digest && entry_name(d).is_none()));
+        self.index.manifests.push(tagged_entry(manifest, tag));
+        previous.filter(|p| p != &manifest.digest)
+    }
+
+    /// Removes `tag`. The image it named stays, untagged, if nothing else
+    /// names it (Docker's dangling image). Returns its manifest digest.
+    pub fn untag(&mut self, tag: &Reference) -> Option<Digest> {
+        let position = self
+            .index
+            .manifests
+            .iter()
+            .position(|d| entry_name(d).as_ref() == Some(tag))?;
+        let removed = self.index.manifests.remove(position);
+        if !self
+            .index
+            .manifests
+            .iter()
+            .any(|d| d.digest == removed.digest)
+        {
+            self.index
+                .manifests
+                .push(untagged_entry(&removed.digest, removed.size));
+        }
+        Some(removed.digest)
+    }
+
+    /// Keeps `manifest` as an image even though no tag names it.
+    pub fn keep_untagged(&mut self, manifest: &Descriptor) {
+        if !self
+            .index
+            .manifests
+            .iter()
+            .any(|d| d.digest == manifest.digest)
+        {
+            self.index
+                .manifests
+                .push(untagged_entry(&manifest.digest, manifest.size));
+        }
+    }
+
+    /// Drops every entry for `manifest`, tagged or not.
+    pub fn remove_image(&mut self, manifest: &Digest) {
+        self.index.manifests.retain(|d| &d.digest != manifest);
+    }
+
+    /// Writes the index and releases the lock.
+    pub fn commit(self) -> Result<()> {
+        self.store.write_index(&self.index)
+    }
+}
+
+fn tagged_entry(manifest: &Descriptor, tag: &Reference) -> Descriptor {
+    let mut entry = Descriptor::new(MEDIA_OCI_MANIFEST, manifest.digest.clone(), manifest.size);
+    entry.platform = manifest.platform.clone();
+    entry
+        .annotations
+        .insert(ANNOTATION_IMAGE_NAME.to_string(), tag.to_string());
+    entry
+        .annotations
+        .insert(ANNOTATION_REF_NAME.to_string(), tag.familiar());
+    entry
+}
+
+fn untagged_entry(digest: &Digest, size: u64) -> Descriptor {
+    Descriptor::new(MEDIA_OCI_MANIFEST, digest.clone(), size)
+}
+
+/// The tag an index entry stands for, from either annotation.
+fn entry_name(entry: &Descriptor) -> Option<Reference> {
+    entry
+        .annotations
+        .get(ANNOTATION_IMAGE_NAME)
+        .or_else(|| entry.annotations.get(ANNOTATION_REF_NAME))
+        .and_then(|n| n.parse().ok())
+}
+
+impl Store {
+    fn index_path(&self) -> std::path::PathBuf {
+        self.root.join("index.json")
+    }
+
+    pub fn read_index(&self) -> Result<Index> {
+        let path = self.index_path();
+        let bytes = std::fs::read(&path).map_err(io_err(&path))?;
+        if bytes.len() as u64 > MAX_JSON_SIZE * 4 {
+            return Err(StoreError::Corrupt {
+                what: path.display().to_string(),
+                reason: "too large".into(),
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+            what: path.display().to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    pub(super) fn write_index(&self, index: &Index) -> Result<()> {
+        let mut bytes = serde_json::to_vec_pretty(index).expect("an index always serialises");
+        bytes.push(b'\n');
+        self.write_file_atomic(&self.index_path(), &bytes)
+    }
+
+    pub(super) fn lock_index(&self) -> Result<File> {
+        let file = self.lock_file("index.lock")?;
+        file.lock()
+            .map_err(io_err(&self.state_dir().join("index.lock")))?;
+        Ok(file)
+    }
+
+    /// Takes the index lock and reads the index, for a change.
+    pub fn edit_index(&self) -> Result<IndexLock<'_>> {
+        let file = self.lock_index()?;
+        let index = self.read_index()?;
+        Ok(IndexLock {
+            store: self,
+            _file: file,
+            index,
+        })
+    }
+
+    /// The images in the index, one record per manifest, tags sorted.
+    pub fn records(&self) -> Result<Vec<ImageRecord>> {
+        let index = self.read_index()?;
+        let mut by_manifest: BTreeMap<Digest, ImageRecord> = BTreeMap::new();
+        let mut order = Vec::new();
+        for entry in &index.manifests {
+            let record = match by_manifest.get_mut(&entry.digest) {
+                Some(r) => r,
+                None => {
+                    let id = self.config_digest(&entry.digest)?;
+                    order.push(entry.digest.clone());
+                    by_manifest
+                        .entry(entry.digest.clone())
+                        .or_insert(ImageRecord {
+                            manifest: entry.digest.clone(),
+                            manifest_size: entry.size,
+                            id,
+                            tags: Vec::new(),
+                        })
+                }
+            };
+            if let Some(name) = entry_name(entry)
+                && !record.tags.contains(&name)
+            {
+                record.tags.push(name);
+            }
+        }
+        Ok(order
+            .into_iter()
+            .filter_map(|d| by_manifest.remove(&d))
+            .map(|mut r| {
+                r.tags.sort();
+                r
+            })
+            .collect())
+    }
+
+    fn config_digest(&self, manifest: &Digest) -> Result<Digest> {
+        #[derive(serde::Deserialize)]
+        struct ConfigOnly {
+            config: ConfigRef,
+        }
+        #[derive(serde::Deserialize)]
+        struct ConfigRef {
+            digest: Digest,
+        }
+        let bytes = self.read_json_blob(manifest)?;
+        let parsed: ConfigOnly =
+            serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                what: format!("manifest {manifest}"),
+                reason: e.to_string(),
+            })?;
+        Ok(parsed.config.digest)
+    }
+}

@@ -1,0 +1,235 @@
+//! Writing blobs: through `tmp/`, hashed, synced, checked, then committed
+//! together with the tags that name them.
+//!
+//! A [`Staging`] is one unit of work (an import, a load, a transfer). Its
+//! blobs stay in `tmp/` until [`Staging::commit`], so a failed or killed
+//! write leaves nothing under `blobs/` and no tag; `prune` clears `tmp/`.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+
+use tempfile::{NamedTempFile, TempPath};
+
+use super::{Result, Store, StoreError, io_err, sync_dir};
+use crate::digest::{Digest, Hasher};
+use crate::image::{Descriptor, MEDIA_OCI_MANIFEST, Manifest};
+use crate::reference::Reference;
+
+/// A blob being written: hashed as it goes, to a temporary file.
+pub struct BlobWriter {
+    file: BufWriter<NamedTempFile>,
+    hasher: Hasher,
+}
+
+/// A complete, synced blob in `tmp/`, waiting for commit.
+pub struct StagedBlob {
+    temp: TempPath,
+    pub digest: Digest,
+    pub size: u64,
+}
+
+impl BlobWriter {
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.hasher.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hasher.is_empty()
+    }
+
+    /// Syncs the blob and checks it against `expected`, when one is given.
+    /// A mismatch deletes the temporary file.
+    pub fn finish(self, what: &str, expected: Option<&Digest>) -> Result<StagedBlob> {
+        let (digest, size) = self.hasher.finish();
+        if let Some(expected) = expected
+            && expected != &digest
+        {
+            return Err(StoreError::DigestMismatch {
+                what: what.to_string(),
+                expected: expected.clone(),
+                actual: digest,
+            });
+        }
+        let tmp = self.file.into_inner().map_err(|e| {
+            let source = io::Error::new(e.error().kind(), e.error().to_string());
+            StoreError::Io {
+                path: e.into_inner().get_ref().path().to_path_buf(),
+                source,
+            }
+        })?;
+        tmp.as_file().sync_all().map_err(io_err(tmp.path()))?;
+        Ok(StagedBlob {
+            temp: tmp.into_temp_path(),
+            digest,
+            size,
+        })
+    }
+}
+
+impl Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.file.write_all(buf)?;
+        self.hasher.update(buf);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// One image to tag at commit.
+pub struct NewImage {
+    pub manifest: Descriptor,
+    pub tags: Vec<Reference>,
+}
+
+/// What a commit did to one image.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub id: Digest,
+    pub manifest: Digest,
+    pub tags: Vec<Reference>,
+}
+
+/// Blobs written together and committed together.
+pub struct Staging {
+    store: Store,
+    _gc: File,
+    staged: HashMap<Digest, StagedBlob>,
+}
+
+impl Staging {
+    pub(super) fn new(store: &Store) -> Result<Staging> {
+        let gc = store.lock_gc_shared()?;
+        Ok(Staging {
+            store: store.clone(),
+            _gc: gc,
+            staged: HashMap::new(),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// A new blob writer in the store's temporary area.
+    pub fn writer(&self) -> Result<BlobWriter> {
+        let dir = self.store.tmp_dir();
+        let file = NamedTempFile::with_prefix_in("blob-", &dir).map_err(io_err(&dir))?;
+        Ok(BlobWriter {
+            file: BufWriter::with_capacity(1 << 20, file),
+            hasher: Hasher::new(),
+        })
+    }
+
+    /// Is this blob already in the store or staged here?
+    pub fn has(&self, digest: &Digest) -> bool {
+        self.staged.contains_key(digest) || self.store.has_blob(digest)
+    }
+
+    /// Size of a blob in the store or staged here.
+    pub fn size_of(&self, digest: &Digest) -> Option<u64> {
+        self.staged
+            .get(digest)
+            .map(|b| b.size)
+            .or_else(|| self.store.blob_size(digest))
+    }
+
+    /// Adds a finished blob. A second copy of the same digest is dropped.
+    pub fn add(&mut self, blob: StagedBlob) -> (Digest, u64) {
+        let key = (blob.digest.clone(), blob.size);
+        self.staged.entry(blob.digest.clone()).or_insert(blob);
+        key
+    }
+
+    /// Stages a small blob held in memory.
+    pub fn put_bytes(&mut self, bytes: &[u8]) -> Result<(Digest, u64)> {
+        let digest = Digest::of(bytes);
+        if self.has(&digest) {
+            return Ok((digest, bytes.len() as u64));
+        }
+        let mut writer = self.writer()?;
+        writer
+            .write_all(bytes)
+            .map_err(io_err(&self.store.tmp_dir()))?;
+        let blob = writer.finish("blob", Some(&digest))?;
+        Ok(self.add(blob))
+    }
+
+    /// Stages a manifest for `config` and `layers` and returns its
+    /// descriptor.
+    pub fn put_manifest(&mut self, manifest: &Manifest) -> Result<Descriptor> {
+        let (digest, size) = self.put_bytes(&manifest.to_bytes())?;
+        Ok(Descriptor::new(MEDIA_OCI_MANIFEST, digest, size))
+    }
+
+    /// Moves every staged blob into `blobs/`, then tags the images in one
+    /// index change. Every blob an image names must be present by then.
+    pub fn commit(mut self, images: Vec<NewImage>) -> Result<Vec<Committed>> {
+        let mut manifests = Vec::new();
+        for image in &images {
+            let bytes = match self.staged.get(&image.manifest.digest) {
+                Some(b) => std::fs::read(&b.temp).map_err(io_err(&b.temp))?,
+                None => self.store.read_json_blob(&image.manifest.digest)?,
+            };
+            let manifest: Manifest =
+                serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                    what: format!("manifest {}", image.manifest.digest),
+                    reason: e.to_string(),
+                })?;
+            for desc in std::iter::once(&manifest.config).chain(&manifest.layers) {
+                match self.size_of(&desc.digest) {
+                    None => return Err(StoreError::MissingBlob(desc.digest.clone())),
+                    Some(size) if size != desc.size => {
+                        return Err(StoreError::Corrupt {
+                            what: format!("blob {}", desc.digest),
+                            reason: format!("{size} bytes, manifest says {}", desc.size),
+                        });
+                    }
+                    Some(_) => {}
+                }
+            }
+            manifests.push(manifest);
+        }
+
+        let blobs_dir = self.store.blobs_dir();
+        for (digest, blob) in self.staged.drain() {
+            let target = self.store.blob_path(&digest);
+            if target.exists() {
+                continue;
+            }
+            blob.temp.persist(&target).map_err(|e| StoreError::Io {
+                path: target.clone(),
+                source: e.error,
+            })?;
+        }
+        sync_dir(&blobs_dir)?;
+
+        let mut lock = self.store.edit_index()?;
+        let mut committed = Vec::new();
+        for (image, manifest) in images.into_iter().zip(manifests) {
+            if image.tags.is_empty() {
+                lock.keep_untagged(&image.manifest);
+            }
+            for tag in &image.tags {
+                lock.set_tag(tag, &image.manifest);
+            }
+            committed.push(Committed {
+                id: manifest.config.digest,
+                manifest: image.manifest.digest,
+                tags: image.tags,
+            });
+        }
+        lock.commit()?;
+        Ok(committed)
+    }
+}
