@@ -8,6 +8,7 @@
 pub mod compress;
 pub mod digest;
 pub mod image;
+pub mod import;
 pub mod progress;
 pub mod reference;
 pub mod store;

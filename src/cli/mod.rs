@@ -6,7 +6,13 @@
 //! causes, then a hint where one is known.
 
 mod check;
+mod history;
+mod images;
+mod import;
+mod inspect;
 mod prune;
+mod rmi;
+mod table;
 mod tag;
 
 use std::path::PathBuf;
@@ -50,12 +56,46 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Import a rootfs tarball (file, URL or -) as a one-layer image.
+    Import(import::Args),
+    /// List images.
+    Images(images::Args),
+    /// Show the history of an image.
+    History(history::Args),
+    /// Show details of images as JSON.
+    Inspect(inspect::Args),
     /// Tag an image with another name.
     Tag(tag::Args),
+    /// Untag images; delete those no name refers to any more.
+    Rmi(rmi::Args),
     /// Remove unreachable blobs and leftovers of interrupted writes.
     Prune(prune::Args),
     /// Re-hash every blob and follow every reference; exit 1 on damage.
     Check(check::Args),
+    /// Manage images (the same commands, grouped as `docker image`).
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+/// `rimg image ...`, as `docker image ...`.
+#[derive(Debug, Subcommand)]
+enum ImageCommand {
+    /// List images.
+    #[command(visible_alias = "list")]
+    Ls(images::Args),
+    /// Untag images; delete those no name refers to any more.
+    #[command(visible_alias = "remove")]
+    Rm(rmi::Args),
+    /// Show details of images as JSON.
+    Inspect(inspect::Args),
+    /// Show the history of an image.
+    History(history::Args),
+    /// Tag an image with another name.
+    Tag(tag::Args),
+    /// Import a rootfs tarball (file, URL or -) as a one-layer image.
+    Import(import::Args),
+    /// Remove unreachable blobs and leftovers of interrupted writes.
+    Prune(prune::Args),
 }
 
 /// What every command gets: the parsed global flags.
@@ -115,10 +155,31 @@ pub fn main() -> ExitCode {
 
 fn run(command: Command, ctx: &Context) -> Result<()> {
     match command {
-        Command::Tag(args) => tag::run(args, ctx),
-        Command::Prune(args) => prune::run(args, ctx),
+        Command::Import(args) | Command::Image(ImageCommand::Import(args)) => {
+            import::run(args, ctx)
+        }
+        Command::Images(args) | Command::Image(ImageCommand::Ls(args)) => images::run(args, ctx),
+        Command::History(args) | Command::Image(ImageCommand::History(args)) => {
+            history::run(args, ctx)
+        }
+        Command::Inspect(args) | Command::Image(ImageCommand::Inspect(args)) => {
+            inspect::run(args, ctx)
+        }
+        Command::Tag(args) | Command::Image(ImageCommand::Tag(args)) => tag::run(args, ctx),
+        Command::Rmi(args) | Command::Image(ImageCommand::Rm(args)) => rmi::run(args, ctx),
+        Command::Prune(args) | Command::Image(ImageCommand::Prune(args)) => prune::run(args, ctx),
         Command::Check(args) => check::run(args, ctx),
     }
+}
+
+/// Writes data to stdout. A closed pipe surfaces as an error that
+/// [`report`] treats as success (`rimg images | head` is not a failure).
+pub fn print_stdout(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()?;
+    Ok(())
 }
 
 fn init_logging(verbose: u8, quiet: bool) {
@@ -145,6 +206,13 @@ fn report(error: &anyhow::Error) -> ExitCode {
     if is_broken_pipe(error) {
         return ExitCode::SUCCESS;
     }
+    report_error(error);
+    ExitCode::FAILURE
+}
+
+/// Prints an error (`error:`, its causes, a hint) without ending the
+/// command, for commands that go on with their other arguments.
+pub fn report_error(error: &anyhow::Error) {
     eprintln!("error: {error}");
     let mut hint = None;
     for cause in error.chain().skip(1) {
@@ -158,7 +226,6 @@ fn report(error: &anyhow::Error) -> ExitCode {
     if let Some(hint) = hint {
         eprintln!("hint: {hint}");
     }
-    ExitCode::FAILURE
 }
 
 fn is_broken_pipe(error: &anyhow::Error) -> bool {
