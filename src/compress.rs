@@ -152,9 +152,9 @@ pub fn decoder<'a, R: Read + Send + 'a>(
 pub enum OpenError {
     #[error("the input is empty")]
     Empty,
-    #[error("not a tar archive or a known compression (it starts with {0})")]
+    #[error("not a tar archive or a known compression ({0})")]
     Unknown(String),
-    #[error("{compression} stream does not decompress to a tar archive (it starts with {head})")]
+    #[error("{compression} stream does not decompress to a tar archive ({head})")]
     NotTarInside {
         compression: Compression,
         head: String,
@@ -163,9 +163,36 @@ pub enum OpenError {
     Io(#[from] io::Error),
 }
 
+/// What the first bytes are, for an error message: `it starts with 50 4b
+/// 03 04 ..., the signature of a zip archive`, or `it is empty`.
 fn hex_head(head: &[u8]) -> String {
+    if head.is_empty() {
+        return "it is empty".into();
+    }
     let shown: Vec<String> = head.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    shown.join(" ")
+    let mut text = format!("it starts with {}", shown.join(" "));
+    if let Some(what) = known_format(head) {
+        text.push_str(&format!(", the signature of {what}"));
+    }
+    text
+}
+
+/// Formats that people hand to `import` by mistake, by their magic bytes.
+fn known_format(head: &[u8]) -> Option<&'static str> {
+    const MAGIC: [(&[u8], &str); 8] = [
+        (b"PK\x03\x04", "a zip archive"),
+        (&[0x04, 0x22, 0x4d, 0x18], "an lz4 frame (not supported)"),
+        (b"7z\xbc\xaf\x27\x1c", "a 7-zip archive"),
+        (b"LZIP", "an lzip stream (not supported)"),
+        (b"\x89LZO", "an lzop stream (not supported)"),
+        (b"\x7fELF", "an ELF executable"),
+        (b"Rar!", "a RAR archive"),
+        (b"!<arch>", "an ar archive (a .deb?)"),
+    ];
+    MAGIC
+        .iter()
+        .find(|(magic, _)| head.starts_with(magic))
+        .map(|(_, what)| *what)
 }
 
 /// Detects the compression of `reader` and returns the decompressed tar
@@ -182,7 +209,10 @@ pub fn open_tar<'a, R: Read + Send + 'a>(
         Sniffed::Compressed(c) => c,
     };
     let decoded = decoder(reader, compression)?;
-    let (inner, decoded) = peek(decoded, SNIFF_LEN)?;
+    // A decoder error this early means the stream is damaged or cut short:
+    // say which decoder, since the caller sees only an I/O error.
+    let (inner, decoded) = peek(decoded, SNIFF_LEN)
+        .map_err(|e| io::Error::new(e.kind(), format!("{compression} stream: {e}")))?;
     if inner.len() < SNIFF_LEN || !is_tar_header(&inner) {
         return Err(OpenError::NotTarInside {
             compression,

@@ -142,17 +142,31 @@ impl Store {
 
     fn create(&self) -> Result<()> {
         fs::create_dir_all(&self.root).map_err(io_err(&self.root))?;
-        let non_empty = fs::read_dir(&self.root)
+        // Another rimg may be creating this store at the same moment, so
+        // only what that one writes is tolerated here (our layout's names
+        // and the temporary files it renames into place); anything else
+        // means the directory belongs to someone else.
+        let foreign = fs::read_dir(&self.root)
             .map_err(io_err(&self.root))?
-            .next()
-            .is_some();
-        if non_empty {
+            .filter_map(|e| e.ok())
+            .any(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                !matches!(
+                    name.as_ref(),
+                    "oci-layout" | "index.json" | "blobs" | ".rimg"
+                ) && !name.starts_with(".tmp")
+            });
+        if foreign {
             return Err(StoreError::NotAStore(self.root.clone()));
         }
         for dir in [self.blobs_dir(), self.tmp_dir(), self.partial_dir()] {
             fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         }
         let _lock = self.lock_index()?;
+        if self.root.join("oci-layout").exists() {
+            return Ok(());
+        }
         let index_path = self.root.join("index.json");
         if !index_path.exists() {
             self.write_index(&crate::image::Index::default())?;

@@ -7,6 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+pub mod tarballs;
+
 /// A temporary store and config directory, removed when dropped.
 pub struct Env {
     pub dir: tempfile::TempDir,
@@ -125,9 +127,15 @@ pub fn need(tool: &str, probe: &[&str]) -> bool {
         return true;
     }
     if in_ci() {
-        panic!("{tool} is required under CI=true but `{}` failed", probe.join(" "));
+        panic!(
+            "{tool} is required under CI=true but `{}` failed",
+            probe.join(" ")
+        );
     }
-    eprintln!("skipping: {tool} is not available (`{}` failed)", probe.join(" "));
+    eprintln!(
+        "skipping: {tool} is not available (`{}` failed)",
+        probe.join(" ")
+    );
     false
 }
 

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Benchmark: `rimg import` against `docker import` of the same rootfs
+# tarball, in the same run, on this machine.
+#
+# Builds a ~1 GiB (SIZE_MIB) tarball from real files under /usr, once
+# plain and once gzip'd, imports each with both tools, and reports the
+# wall-clock times, the ratio and rimg's peak resident memory.
+#
+#   scripts/bench-import.sh            # SIZE_MIB=1024
+#   SIZE_MIB=256 scripts/bench-import.sh
+#
+# Needs: a release build (made here), GNU tar, gzip, /usr/bin/time
+# (package `time`), and the Docker Engine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SIZE_MIB=${SIZE_MIB:-1024}
+RUNS=${RUNS:-1}
+work=$(mktemp -d "${TMPDIR:-/var/tmp}/rimg-bench.XXXXXX")
+tag="rimg-bench-import:$$"
+cleanup() {
+  docker rmi -f "$tag" >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+for tool in docker /usr/bin/time tar gzip; do
+  command -v "$tool" >/dev/null || { echo "missing: $tool (see scripts/setup.sh)" >&2; exit 1; }
+done
+docker info >/dev/null 2>&1 || { echo "the Docker Engine is not reachable" >&2; exit 1; }
+
+cargo build --release --quiet
+rimg=$PWD/target/release/rimg
+
+# Regular files from /usr until SIZE_MIB is reached, in a stable order.
+echo "building a ${SIZE_MIB} MiB rootfs tarball from /usr ..." >&2
+find /usr -xdev -type f -readable -printf '%s %p\n' 2>/dev/null | sort -k2 |
+  awk -v limit=$((SIZE_MIB * 1024 * 1024)) '{ total += $1; if (total > limit) exit; print substr($0, index($0, " ") + 1) }' \
+  > "$work/files"
+tar -cf "$work/rootfs.tar" --no-recursion -P --transform 's,^/,,' -T "$work/files" 2>/dev/null
+gzip -1 -c "$work/rootfs.tar" > "$work/rootfs.tar.gz"
+plain=$(stat -c %s "$work/rootfs.tar")
+packed=$(stat -c %s "$work/rootfs.tar.gz")
+echo "tarball: $(wc -l < "$work/files") files, $((plain >> 20)) MiB plain, $((packed >> 20)) MiB gzip" >&2
+
+now() { date +%s.%N; }
+
+# time_it OUTVAR command...: wall seconds, after dropping nothing (the
+# tarball is in the page cache for both tools alike).
+run_rimg() {
+  local input=$1 root="$work/store"
+  rm -rf "$root"
+  /usr/bin/time -f '%e %M' -o "$work/time.rimg" \
+    "$rimg" --root "$root" --no-progress import "$input" bench:1 >/dev/null
+  read -r secs kib < "$work/time.rimg"
+  echo "$secs $kib"
+}
+
+run_docker() {
+  local input=$1 start end
+  docker rmi -f "$tag" >/dev/null 2>&1 || true
+  start=$(now)
+  docker import "$input" "$tag" >/dev/null
+  end=$(now)
+  docker rmi -f "$tag" >/dev/null 2>&1 || true
+  echo "$end - $start" | bc
+}
+
+printf '%-10s %10s %10s %8s %14s\n' input rimg_s docker_s ratio rimg_peak_MiB
+for kind in tar tar.gz; do
+  input="$work/rootfs.$kind"
+  for _ in $(seq "$RUNS"); do
+    read -r r_secs r_kib < <(run_rimg "$input")
+    d_secs=$(run_docker "$input")
+    ratio=$(echo "scale=1; $d_secs / $r_secs" | bc)
+    printf '%-10s %10.2f %10.2f %7sx %14.1f\n' "$kind" "$r_secs" "$d_secs" "$ratio" "$(echo "scale=1; $r_kib / 1024" | bc)"
+  done
+done
+echo "(ratio = docker import time / rimg import time; higher is better for rimg)" >&2
