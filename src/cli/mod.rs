@@ -6,7 +6,9 @@
 //! causes, then a hint where one is known.
 
 mod check;
+mod load;
 mod prune;
+mod save;
 mod tag;
 
 use std::path::PathBuf;
@@ -56,6 +58,10 @@ enum Command {
     Prune(prune::Args),
     /// Re-hash every blob and follow every reference; exit 1 on damage.
     Check(check::Args),
+    /// Load images from an archive (file or stdin), as `docker load`.
+    Load(load::Args),
+    /// Save images to one archive (file or stdout), as `docker save`.
+    Save(save::Args),
 }
 
 /// What every command gets: the parsed global flags.
@@ -118,6 +124,8 @@ fn run(command: Command, ctx: &Context) -> Result<()> {
         Command::Tag(args) => tag::run(args, ctx),
         Command::Prune(args) => prune::run(args, ctx),
         Command::Check(args) => check::run(args, ctx),
+        Command::Load(args) => load::run(args, ctx),
+        Command::Save(args) => save::run(args, ctx),
     }
 }
 
