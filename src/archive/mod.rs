@@ -36,9 +36,17 @@ pub enum ArchiveError {
     Open(#[from] OpenError),
     /// Reading the stream failed at or after `entry` (a truncated or
     /// corrupt stream).
-    #[error("reading the archive failed at {entry}: {source}")]
+    #[error("reading the archive failed at {entry}")]
     Read {
         entry: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The next header could not be read: the stream ends early or is
+    /// not a tar from here on.
+    #[error("the archive is truncated or damaged after entry {after}")]
+    Damaged {
+        after: String,
         #[source]
         source: io::Error,
     },
@@ -111,7 +119,7 @@ pub enum ArchiveError {
     NoManifest,
     #[error("the archive has more than {0} entries")]
     TooManyEntries(usize),
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io {
         path: PathBuf,
         #[source]

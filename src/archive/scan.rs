@@ -86,13 +86,15 @@ pub fn scan<R: Read>(tar: R, staging: &Staging) -> Result<Scanned, ArchiveError>
     let mut archive = tar::Archive::new(tar);
     let mut scanned = Scanned::default();
     let mut buf = vec![0u8; COPY_BUF];
-    let mut last = String::from("the start of the archive");
+    let mut last = String::from("(none: at the start)");
+    let damaged = |after: &str, source| ArchiveError::Damaged {
+        after: after.to_string(),
+        source,
+    };
 
-    let entries = archive
-        .entries()
-        .map_err(|e| ArchiveError::read(&last, e))?;
+    let entries = archive.entries().map_err(|e| damaged(&last, e))?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| ArchiveError::read(&last, e))?;
+        let mut entry = entry.map_err(|e| damaged(&last, e))?;
         let raw_name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         last = raw_name.clone();
         let kind = entry.header().entry_type();

@@ -17,11 +17,9 @@ use std::io::{self, Read, Write};
 use serde::Serialize;
 
 use crate::digest::Digest;
-use crate::image::{
-    ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME, Descriptor, Index, MEDIA_OCI_MANIFEST,
-};
+use crate::image::{Descriptor, Index, MEDIA_OCI_MANIFEST};
 use crate::reference::Reference;
-use crate::store::{Image, Store, StoreError};
+use crate::store::{Image, Store, StoreError, tagged_entry};
 
 /// Why a save failed.
 #[derive(Debug, thiserror::Error)]
@@ -36,9 +34,9 @@ pub enum SaveError {
         expected: u64,
         actual: u64,
     },
-    #[error("writing the archive failed: {0}")]
+    #[error("writing the archive failed")]
     Write(#[source] io::Error),
-    #[error("reading blob {digest} from the store failed: {source}")]
+    #[error("reading blob {digest} from the store failed")]
     ReadBlob {
         digest: Digest,
         #[source]
@@ -90,14 +88,7 @@ pub fn save<W: Write>(
             index.manifests.push(base.clone());
         }
         for tag in tags {
-            let mut entry = base.clone();
-            entry
-                .annotations
-                .insert(ANNOTATION_IMAGE_NAME.into(), tag.to_string());
-            entry
-                .annotations
-                .insert(ANNOTATION_REF_NAME.into(), tag.familiar());
-            index.manifests.push(entry);
+            index.manifests.push(tagged_entry(&base, tag));
             if let Some(top) = image.manifest.layers.last() {
                 repositories
                     .entry(tag.familiar_repository())

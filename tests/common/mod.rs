@@ -125,9 +125,15 @@ pub fn need(tool: &str, probe: &[&str]) -> bool {
         return true;
     }
     if in_ci() {
-        panic!("{tool} is required under CI=true but `{}` failed", probe.join(" "));
+        panic!(
+            "{tool} is required under CI=true but `{}` failed",
+            probe.join(" ")
+        );
     }
-    eprintln!("skipping: {tool} is not available (`{}` failed)", probe.join(" "));
+    eprintln!(
+        "skipping: {tool} is not available (`{}` failed)",
+        probe.join(" ")
+    );
     false
 }
 
