@@ -9,21 +9,12 @@ mod common;
 use std::io::Write;
 use std::process::{Output, Stdio};
 
-use archives::{Item, find, find_mut, json, set_json, sha256};
+use archives::{
+    BB_ID, EDGE_DIFF_IDS, EDGE_ID, EDGE_OCI_ID, Item, find, find_mut, json, set_json, sha256,
+    store_blob as blob,
+};
 use common::{Env, corpus};
 use serde_json::{Value, json};
-
-pub const BB_ID: &str = "sha256:f36dafd20b57aa6dacb2ef53dac24fdd237eedd1cf22f3cf94b48611cf34a5ce";
-pub const EDGE_ID: &str = "sha256:84d1d852ada3a56dfd2f5beefb016fdc2bd984ed48b6684afc6d47d2937ffd4c";
-pub const EDGE_OCI_ID: &str =
-    "sha256:2898ea010624498f7f68eb8f1660a3036967005f803de6060379d2e5aa09e1a6";
-pub const EDGE_DIFF_IDS: [&str; 5] = [
-    "sha256:f03a735d7d1d0ca5da199ad97350a5bdfeb3a1014200b55f08fba92c5ec24c68",
-    "sha256:dceedc553d91900c1aed29d17aece37da669c0baa53f3309830ce636a5a397a7",
-    "sha256:12a4e0c20cf73dbb5cccb703009a8bd93a5c45684e73961d3cf8ffaec70493f6",
-    "sha256:a641bab02a6f7f93573343717f1f8b42fbe3541e4aea917b7bfb867c8ba79f2f",
-    "sha256:72682b70aeff94376e11f5cdcd505c47302d3f36d43b1ebd37573386635ba1fa",
-];
 
 /// An image as the store's `index.json` and blobs describe it.
 #[derive(Debug)]
@@ -33,21 +24,9 @@ struct Stored {
     config: Value,
 }
 
-fn blob(env: &Env, digest: &str) -> Vec<u8> {
-    let path = env.root().join("blobs/sha256").join(&digest[7..]);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
 /// The image the store's index tags `name` (familiar `name:tag`).
 fn stored(env: &Env, name: &str) -> Stored {
-    let index: Value = serde_json::from_slice(&env.snapshot().index).unwrap();
-    let entry = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == name)
-        .unwrap_or_else(|| panic!("no {name} in {index}"));
-    stored_manifest(env, entry["digest"].as_str().unwrap())
+    stored_manifest(env, &archives::tagged_manifest(env, name))
 }
 
 fn stored_manifest(env: &Env, digest: &str) -> Stored {

@@ -12,6 +12,39 @@ use std::path::Path;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
+use crate::common::Env;
+
+pub const BB_ID: &str = "sha256:f36dafd20b57aa6dacb2ef53dac24fdd237eedd1cf22f3cf94b48611cf34a5ce";
+pub const EDGE_ID: &str = "sha256:84d1d852ada3a56dfd2f5beefb016fdc2bd984ed48b6684afc6d47d2937ffd4c";
+pub const EDGE_OCI_ID: &str =
+    "sha256:2898ea010624498f7f68eb8f1660a3036967005f803de6060379d2e5aa09e1a6";
+pub const EDGE_DIFF_IDS: [&str; 5] = [
+    "sha256:f03a735d7d1d0ca5da199ad97350a5bdfeb3a1014200b55f08fba92c5ec24c68",
+    "sha256:dceedc553d91900c1aed29d17aece37da669c0baa53f3309830ce636a5a397a7",
+    "sha256:12a4e0c20cf73dbb5cccb703009a8bd93a5c45684e73961d3cf8ffaec70493f6",
+    "sha256:a641bab02a6f7f93573343717f1f8b42fbe3541e4aea917b7bfb867c8ba79f2f",
+    "sha256:72682b70aeff94376e11f5cdcd505c47302d3f36d43b1ebd37573386635ba1fa",
+];
+
+/// A blob of the test store, by `sha256:` digest.
+pub fn store_blob(env: &Env, digest: &str) -> Vec<u8> {
+    let path = env.root().join("blobs/sha256").join(&digest[7..]);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The manifest digest the store's `index.json` tags `name` (familiar
+/// `name:tag`, from the `org.opencontainers.image.ref.name` annotation).
+pub fn tagged_manifest(env: &Env, name: &str) -> String {
+    let index: Value = serde_json::from_slice(&env.snapshot().index).unwrap();
+    let entry = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {index}"));
+    entry["digest"].as_str().unwrap().to_string()
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Kind {
     File,
