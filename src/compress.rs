@@ -135,16 +135,46 @@ pub fn decoder<'a, R: Read + Send + 'a>(
 ) -> io::Result<Decompressed<'a>> {
     Ok(match compression {
         Compression::None => Box::new(reader),
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(
-            1 << 16,
-            reader,
-        ))),
-        Compression::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(reader)),
-        Compression::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(reader)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(
-            BufReader::with_capacity(1 << 17, reader),
-        )?),
+        other => Box::new(Decoder::new(reader, other)?),
     })
+}
+
+/// A decoder as a concrete type, for readers that are not `Send` (an entry
+/// of a tar being read, whose layer may itself be compressed).
+pub enum Decoder<R: Read> {
+    None(R),
+    Gzip(flate2::read::MultiGzDecoder<BufReader<R>>),
+    Bzip2(bzip2::read::MultiBzDecoder<R>),
+    Xz(liblzma::read::XzDecoder<R>),
+    Zstd(zstd::stream::read::Decoder<'static, BufReader<R>>),
+}
+
+impl<R: Read> Decoder<R> {
+    pub fn new(reader: R, compression: Compression) -> io::Result<Decoder<R>> {
+        Ok(match compression {
+            Compression::None => Decoder::None(reader),
+            Compression::Gzip => Decoder::Gzip(flate2::read::MultiGzDecoder::new(
+                BufReader::with_capacity(1 << 16, reader),
+            )),
+            Compression::Bzip2 => Decoder::Bzip2(bzip2::read::MultiBzDecoder::new(reader)),
+            Compression::Xz => Decoder::Xz(liblzma::read::XzDecoder::new_multi_decoder(reader)),
+            Compression::Zstd => Decoder::Zstd(zstd::stream::read::Decoder::with_buffer(
+                BufReader::with_capacity(1 << 17, reader),
+            )?),
+        })
+    }
+}
+
+impl<R: Read> Read for Decoder<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Decoder::None(r) => r.read(buf),
+            Decoder::Gzip(d) => d.read(buf),
+            Decoder::Bzip2(d) => d.read(buf),
+            Decoder::Xz(d) => d.read(buf),
+            Decoder::Zstd(d) => d.read(buf),
+        }
+    }
 }
 
 /// Why a stream could not be opened as a (possibly compressed) tar.

@@ -5,6 +5,7 @@
 //! metadata and [`reference`]s, [`import`] of a rootfs, and the
 //! [`compress`]ion every stream may come in.
 
+pub mod archive;
 pub mod compress;
 pub mod digest;
 pub mod image;

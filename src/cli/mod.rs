@@ -10,8 +10,10 @@ mod history;
 mod images;
 mod import;
 mod inspect;
+mod load;
 mod prune;
 mod rmi;
+mod save;
 mod table;
 mod tag;
 
@@ -72,6 +74,10 @@ enum Command {
     Prune(prune::Args),
     /// Re-hash every blob and follow every reference; exit 1 on damage.
     Check(check::Args),
+    /// Load images from an archive (file or stdin), as `docker load`.
+    Load(load::Args),
+    /// Save images to one archive (file or stdout), as `docker save`.
+    Save(save::Args),
     /// Manage images (the same commands, grouped as `docker image`).
     #[command(subcommand)]
     Image(ImageCommand),
@@ -96,6 +102,10 @@ enum ImageCommand {
     Import(import::Args),
     /// Remove unreachable blobs and leftovers of interrupted writes.
     Prune(prune::Args),
+    /// Load images from an archive (file or stdin), as `docker image load`.
+    Load(load::Args),
+    /// Save images to one archive (file or stdout), as `docker image save`.
+    Save(save::Args),
 }
 
 /// What every command gets: the parsed global flags.
@@ -169,6 +179,8 @@ fn run(command: Command, ctx: &Context) -> Result<()> {
         Command::Rmi(args) | Command::Image(ImageCommand::Rm(args)) => rmi::run(args, ctx),
         Command::Prune(args) | Command::Image(ImageCommand::Prune(args)) => prune::run(args, ctx),
         Command::Check(args) => check::run(args, ctx),
+        Command::Load(args) | Command::Image(ImageCommand::Load(args)) => load::run(args, ctx),
+        Command::Save(args) | Command::Image(ImageCommand::Save(args)) => save::run(args, ctx),
     }
 }
 

@@ -103,7 +103,8 @@ impl IndexLock<'_> {
     }
 }
 
-fn tagged_entry(manifest: &Descriptor, tag: &Reference) -> Descriptor {
+/// An index entry naming `manifest` as `tag`, with both annotations.
+pub(crate) fn tagged_entry(manifest: &Descriptor, tag: &Reference) -> Descriptor {
     let mut entry = Descriptor::new(MEDIA_OCI_MANIFEST, manifest.digest.clone(), manifest.size);
     entry.platform = manifest.platform.clone();
     entry

@@ -21,6 +21,7 @@
 
 mod index;
 pub use index::IndexLock;
+pub(crate) use index::tagged_entry;
 mod staging;
 
 use std::collections::{BTreeMap, BTreeSet};

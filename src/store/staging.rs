@@ -29,6 +29,14 @@ pub struct StagedBlob {
     pub size: u64,
 }
 
+impl StagedBlob {
+    /// Where the blob waits in `tmp/`, to read it back before commit (a
+    /// config that arrived before the manifest naming it, say).
+    pub fn path(&self) -> &std::path::Path {
+        &self.temp
+    }
+}
+
 impl BlobWriter {
     /// Bytes written so far.
     pub fn len(&self) -> u64 {

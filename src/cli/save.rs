@@ -1,0 +1,130 @@
+//! `rimg save [-o FILE] [--compress ALG] IMAGE...`: write images to one
+//! archive, as `docker save`, in the shape Docker 25+ writes.
+//!
+//! An image named by a tag is saved under that tag; one named by its ID
+//! (or an ID prefix) is saved untagged, as Docker does. Without `-o` the
+//! archive goes to stdout, which must not be a terminal. With `-o` it is
+//! written to a temporary file next to FILE and renamed over it only once
+//! complete, so a failed save never leaves a half archive under that name.
+
+use std::io::{self, BufWriter, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+
+use rimg::archive::SaveImage;
+use rimg::compress::{Compression, Encoder};
+use rimg::store::Store;
+
+use super::{Context, Hinted};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Write to FILE instead of stdout.
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<PathBuf>,
+
+    /// Compress the whole archive: gzip, zstd, bzip2 or xz.
+    #[arg(long, value_name = "ALG")]
+    compress: Option<Compression>,
+
+    /// Images to save: names, IDs or ID prefixes.
+    #[arg(required = true, value_name = "IMAGE")]
+    images: Vec<String>,
+}
+
+pub fn run(args: Args, ctx: &Context) -> Result<()> {
+    let store = ctx.store()?;
+    let images = select(&store, &args.images)?;
+    let compression = args.compress.unwrap_or(Compression::None);
+
+    match &args.output {
+        Some(path) => to_file(&store, &images, compression, path, ctx),
+        None => {
+            let stdout = io::stdout();
+            if stdout.is_terminal() {
+                return Err(Hinted {
+                    message: "refusing to write an archive to a terminal".into(),
+                    hint: "use -o FILE or redirect stdout".into(),
+                }
+                .into());
+            }
+            let _stdout = write(&store, &images, compression, stdout.lock(), ctx)?;
+            Ok(())
+        }
+    }
+}
+
+/// Resolves the names the user gave, folding names of the same image.
+fn select(store: &Store, names: &[String]) -> Result<Vec<SaveImage>> {
+    let mut selected: Vec<SaveImage> = Vec::new();
+    for name in names {
+        let image = store.resolve(name)?;
+        let tag = image
+            .tags
+            .iter()
+            .find(|t| name.parse().ok().as_ref() == Some(*t))
+            .cloned();
+        match selected
+            .iter_mut()
+            .find(|s| s.image.id == image.id && s.image.manifest_digest == image.manifest_digest)
+        {
+            Some(existing) => existing
+                .tags
+                .extend(tag.filter(|t| !existing.tags.contains(t))),
+            None => selected.push(SaveImage {
+                tags: tag.into_iter().collect(),
+                image,
+            }),
+        }
+    }
+    Ok(selected)
+}
+
+fn write<W: Write>(
+    store: &Store,
+    images: &[SaveImage],
+    compression: Compression,
+    out: W,
+    ctx: &Context,
+) -> Result<W> {
+    let total = images
+        .iter()
+        .map(|s| s.image.size() + s.image.manifest.config.size)
+        .sum();
+    let progress = ctx.progress();
+    let bar = progress.bytes("saving", Some(total));
+    let encoder = Encoder::new(BufWriter::with_capacity(1 << 20, out), compression)?;
+    let encoder = rimg::archive::save(store, images, encoder, |n| bar.inc(n))?;
+    let out = encoder
+        .finish()
+        .and_then(|w| w.into_inner().map_err(|e| e.into_error()))
+        .context("finishing the archive")?;
+    bar.finish("done");
+    Ok(out)
+}
+
+fn to_file(
+    store: &Store,
+    images: &[SaveImage],
+    compression: Compression,
+    path: &Path,
+    ctx: &Context,
+) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let temp = tempfile::Builder::new()
+        .prefix(".rimg-save-")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    let (file, temp_path) = temp.into_parts();
+    let file = write(store, images, compression, file, ctx)?;
+    file.sync_all()
+        .with_context(|| format!("syncing {}", temp_path.display()))?;
+    temp_path
+        .persist(path)
+        .with_context(|| format!("renaming the archive to {}", path.display()))?;
+    Ok(())
+}
