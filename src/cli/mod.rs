@@ -6,8 +6,14 @@
 //! causes, then a hint where one is known.
 
 mod check;
+mod id;
+mod listen;
 mod prune;
+mod push_peer;
+mod receive;
 mod tag;
+mod transfer_view;
+mod trust;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,6 +62,16 @@ enum Command {
     Prune(prune::Args),
     /// Re-hash every blob and follow every reference; exit 1 on damage.
     Check(check::Args),
+    /// Send images to another store, only the layers it lacks (QUIC).
+    PushPeer(push_peer::Args),
+    /// Receive images from trusted senders.
+    Listen(listen::Args),
+    /// The remote end of `push-peer [user@]host`, started over ssh.
+    Receive(receive::Args),
+    /// Print this node's identity fingerprint.
+    Id(id::Args),
+    /// Manage the senders a listener admits.
+    Trust(trust::Args),
 }
 
 /// What every command gets: the parsed global flags.
@@ -118,6 +134,11 @@ fn run(command: Command, ctx: &Context) -> Result<()> {
         Command::Tag(args) => tag::run(args, ctx),
         Command::Prune(args) => prune::run(args, ctx),
         Command::Check(args) => check::run(args, ctx),
+        Command::PushPeer(args) => push_peer::run(args, ctx),
+        Command::Listen(args) => listen::run(args, ctx),
+        Command::Receive(args) => receive::run(args, ctx),
+        Command::Id(args) => id::run(args, ctx),
+        Command::Trust(args) => trust::run(args, ctx),
     }
 }
 

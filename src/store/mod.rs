@@ -21,6 +21,7 @@
 
 mod index;
 pub use index::IndexLock;
+mod partial;
 mod staging;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,6 +30,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 pub use index::ImageRecord;
+pub use partial::{PartialBlob, PartialError, VerifiedPartial};
 pub use staging::{BlobWriter, Committed, NewImage, StagedBlob, Staging};
 
 use crate::digest::{Digest, Hasher};

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod seed;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -125,9 +127,15 @@ pub fn need(tool: &str, probe: &[&str]) -> bool {
         return true;
     }
     if in_ci() {
-        panic!("{tool} is required under CI=true but `{}` failed", probe.join(" "));
+        panic!(
+            "{tool} is required under CI=true but `{}` failed",
+            probe.join(" ")
+        );
     }
-    eprintln!("skipping: {tool} is not available (`{}` failed)", probe.join(" "));
+    eprintln!(
+        "skipping: {tool} is not available (`{}` failed)",
+        probe.join(" ")
+    );
     false
 }
 
