@@ -194,7 +194,7 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
         _ => (s, 1),
     };
     let n: f64 = num.parse().map_err(|_| format!("invalid rate {s:?}"))?;
-    if !(n > 0.0) {
+    if !n.is_finite() || n <= 0.0 {
         return Err(format!("invalid rate {s:?}"));
     }
     Ok((n * mult as f64) as u64)

@@ -76,6 +76,18 @@ impl Store {
         digest: &Digest,
         size: u64,
     ) -> std::result::Result<PartialBlob, PartialError> {
+        self.open_partial_at(digest, size, size)
+    }
+
+    /// As [`Store::open_partial`], but keeps at most `at` bytes: the offset
+    /// a transfer agreed on, even if an earlier connection appended more
+    /// after that (it drains what its peer had sent before dying).
+    pub fn open_partial_at(
+        &self,
+        digest: &Digest,
+        size: u64,
+        at: u64,
+    ) -> std::result::Result<PartialBlob, PartialError> {
         let path = self.partial_path(digest);
         let mut file = File::options()
             .read(true)
@@ -94,6 +106,8 @@ impl Store {
         let len = file.metadata().map_err(io_err(&path))?.len();
         if len > size {
             file.set_len(0).map_err(io_err(&path))?;
+        } else if len > at {
+            file.set_len(at).map_err(io_err(&path))?;
         }
 
         let mut hasher = Hasher::new();

@@ -61,7 +61,7 @@ impl Chooser {
             Compress::Auto => {
                 let mut s = self.stats.lock().expect("not poisoned");
                 s.chunks += 1;
-                if s.zstd_secs == 0.0 || s.wire_secs == 0.0 || s.chunks % 16 == 0 {
+                if s.zstd_secs == 0.0 || s.wire_secs == 0.0 || s.chunks.is_multiple_of(16) {
                     return ChunkKind::Zstd;
                 }
                 if Self::zstd_wins(&s, self.parallel) {

@@ -301,6 +301,27 @@ async fn receive_blob(
     Ok(digest)
 }
 
+/// Opens the partial file, waiting while a previous transfer of the same
+/// blob still holds it: after a sender is killed, its connection lives on
+/// here until the stall timeout, and the resumed push should not fail for
+/// that.
+async fn open_partial(
+    shared: &Shared,
+    digest: &Digest,
+    size: u64,
+    at: u64,
+) -> Result<crate::store::PartialBlob, TransferError> {
+    let deadline = tokio::time::Instant::now() + shared.stall + Duration::from_secs(1);
+    loop {
+        match tokio::task::block_in_place(|| shared.store.open_partial_at(digest, size, at)) {
+            Err(PartialError::Busy(_)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 async fn receive_body(
     stream: &mut quinn::RecvStream,
     shared: &Shared,
@@ -312,7 +333,7 @@ async fn receive_body(
         .lock()
         .expect("not poisoned")
         .start_blob(&digest, header.offset)?;
-    let mut partial = tokio::task::block_in_place(|| shared.store.open_partial(&digest, size))?;
+    let mut partial = open_partial(shared, &digest, size, header.offset).await?;
     if partial.offset() != header.offset {
         return Err(super::session::SessionError::WrongOffset {
             digest,

@@ -133,7 +133,7 @@ fn transport() -> Arc<quinn::TransportConfig> {
         .max_concurrent_bidi_streams(quinn::VarInt::from_u32(1))
         .keep_alive_interval(Some(Duration::from_secs(5)))
         .max_idle_timeout(Some(
-            quinn::IdleTimeout::try_from(Duration::from_secs(30)).expect("30 s is a valid timeout"),
+            quinn::IdleTimeout::try_from(Duration::from_secs(20)).expect("20 s is a valid timeout"),
         ));
     Arc::new(t)
 }
