@@ -25,11 +25,17 @@ struct Hostile {
     _endpoint: quinn::Endpoint,
 }
 
-async fn connect(sender: &Env, addr: &str) -> Hostile {
+/// A connection as `sender`, with no stream open yet.
+async fn dial(sender: &Env, addr: &str) -> (quinn::Endpoint, quinn::Connection) {
     let identity = Identity::load_or_create(&sender.config()).unwrap();
     let addr: SocketAddr = addr.parse().unwrap();
     let endpoint = tls::client(&identity, addr).unwrap();
     let conn = endpoint.connect(addr, "rimg").unwrap().await.unwrap();
+    (endpoint, conn)
+}
+
+async fn connect(sender: &Env, addr: &str) -> Hostile {
+    let (endpoint, conn) = dial(sender, addr).await;
     let (send, recv) = conn.open_bi().await.unwrap();
     Hostile {
         conn,
@@ -257,8 +263,13 @@ fn transfers_beyond_max_transfers_are_refused_as_busy() {
             })
             .await;
         assert!(matches!(first.hear().await, Message::Welcome { .. }));
-        let second = connect(&sender, &listener.addr).await;
-        let reason = second.closed_reason().await;
+        let (_endpoint, second) = dial(&sender, &listener.addr).await;
+        let reason = match second.closed().await {
+            quinn::ConnectionError::ApplicationClosed(c) => {
+                String::from_utf8_lossy(&c.reason).into_owned()
+            }
+            other => panic!("expected an application close, got {other:?}"),
+        };
         assert!(reason.contains("busy"), "{reason}");
     });
     listener.wait_log("transfers already in progress");

@@ -131,9 +131,9 @@ pub fn run(args: Args, ctx: &Context) -> Result<()> {
             let label = format!("{host}:{port}");
             let pin = |seen: &Digest| pin_listener(&config, &label, seen, args.accept_new, ctx);
             rt.block_on(async {
-                let conn = connect(&identity, &host, port, pin).await?;
+                let (endpoint, conn) = connect(&identity, &host, port, pin).await?;
                 let result = send(&conn, &label, &store, &images, &opts, view.clone()).await;
-                finish_connection(&conn, &result).await;
+                finish_connection(&endpoint, &conn, &result).await;
                 result.map_err(anyhow::Error::from)
             })?
         }
@@ -152,9 +152,9 @@ pub fn run(args: Args, ctx: &Context) -> Result<()> {
                         ))
                     }
                 };
-                let conn = connect(&identity, &host, port, check).await?;
+                let (endpoint, conn) = connect(&identity, &host, port, check).await?;
                 let result = send(&conn, &target, &store, &images, &opts, view.clone()).await;
-                finish_connection(&conn, &result).await;
+                finish_connection(&endpoint, &conn, &result).await;
                 result.map_err(anyhow::Error::from)
             });
             reap(child, result.is_ok());
@@ -203,7 +203,7 @@ async fn connect(
     host: &str,
     port: u16,
     check: impl FnOnce(&Digest) -> Result<()>,
-) -> Result<quinn::Connection> {
+) -> Result<(quinn::Endpoint, quinn::Connection)> {
     let peer = format!("{host}:{port}");
     let addr = tokio::net::lookup_host((host, port))
         .await
@@ -225,19 +225,25 @@ async fn connect(
         tls::peer_fingerprint(&conn).ok_or_else(|| anyhow!("{peer} presented no certificate"))?;
     if let Err(e) = check(&seen) {
         conn.close(close::ERROR.into(), b"fingerprint refused");
+        let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
         return Err(e);
     }
-    Ok(conn)
+    Ok((endpoint, conn))
 }
 
-/// Gives the last packets (our close) a moment to leave.
-async fn finish_connection<T>(conn: &quinn::Connection, result: &Result<T, TransferError>) {
+/// Closes the connection (with the error as its reason, on failure) and
+/// gives the close a moment to reach the receiver.
+async fn finish_connection<T>(
+    endpoint: &quinn::Endpoint,
+    conn: &quinn::Connection,
+    result: &Result<T, TransferError>,
+) {
     if let Err(e) = result {
         let mut reason = e.to_string();
         reason.truncate(1000);
         conn.close(close::ERROR.into(), reason.as_bytes());
     }
-    let _ = tokio::time::timeout(Duration::from_millis(500), conn.closed()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
 }
 
 /// known_peers, as ssh's known_hosts: pin on first contact when allowed,

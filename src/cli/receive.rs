@@ -71,8 +71,10 @@ pub fn run(args: Args, ctx: &Context) -> Result<()> {
         let conn = incoming.await?;
         let view = Arc::new(View::new(ctx.progress(), false, None));
         let who = remote.to_string();
-        serve(conn, &who, store, opts, view).await?;
-        endpoint.wait_idle().await;
+        let result = serve(conn, &who, store, opts, view).await;
+        // Let the close (and its reason, on failure) reach the sender.
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        result?;
         Ok(())
     })
 }
