@@ -3,7 +3,8 @@
 //! The library behind the `rimg` binary. Modules are named after what a
 //! user knows: the [`store`] on disk, [`archive`]s in and out, [`image`]
 //! metadata and [`reference`]s, [`import`] of a rootfs, and the
-//! [`compress`]ion every stream may come in.
+//! [`compress`]ion every stream may come in, and the [`transfer`] of
+//! images between stores.
 
 pub mod archive;
 pub mod compress;
@@ -13,4 +14,5 @@ pub mod import;
 pub mod progress;
 pub mod reference;
 pub mod store;
+pub mod transfer;
 pub mod units;

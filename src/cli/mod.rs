@@ -7,15 +7,21 @@
 
 mod check;
 mod history;
+mod id;
 mod images;
 mod import;
 mod inspect;
+mod listen;
 mod load;
 mod prune;
+mod push_peer;
+mod receive;
 mod rmi;
 mod save;
 mod table;
 mod tag;
+mod transfer_view;
+mod trust;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -78,6 +84,16 @@ enum Command {
     Load(load::Args),
     /// Save images to one archive (file or stdout), as `docker save`.
     Save(save::Args),
+    /// Send images to another store, only the layers it lacks (QUIC).
+    PushPeer(push_peer::Args),
+    /// Receive images from trusted senders.
+    Listen(listen::Args),
+    /// The remote end of `push-peer [user@]host`, started over ssh.
+    Receive(receive::Args),
+    /// Print this node's identity fingerprint.
+    Id(id::Args),
+    /// Manage the senders a listener admits.
+    Trust(trust::Args),
     /// Manage images (the same commands, grouped as `docker image`).
     #[command(subcommand)]
     Image(ImageCommand),
@@ -181,6 +197,11 @@ fn run(command: Command, ctx: &Context) -> Result<()> {
         Command::Check(args) => check::run(args, ctx),
         Command::Load(args) | Command::Image(ImageCommand::Load(args)) => load::run(args, ctx),
         Command::Save(args) | Command::Image(ImageCommand::Save(args)) => save::run(args, ctx),
+        Command::PushPeer(args) => push_peer::run(args, ctx),
+        Command::Listen(args) => listen::run(args, ctx),
+        Command::Receive(args) => receive::run(args, ctx),
+        Command::Id(args) => id::run(args, ctx),
+        Command::Trust(args) => trust::run(args, ctx),
     }
 }
 

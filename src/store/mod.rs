@@ -22,6 +22,7 @@
 mod index;
 pub use index::IndexLock;
 pub(crate) use index::tagged_entry;
+mod partial;
 mod staging;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,6 +31,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 pub use index::ImageRecord;
+pub use partial::{PartialBlob, PartialError, VerifiedPartial};
 pub use staging::{BlobWriter, Committed, NewImage, StagedBlob, Staging};
 
 use crate::digest::{Digest, Hasher};

@@ -4,6 +4,9 @@
 
 #![allow(dead_code)]
 
+pub mod peers;
+pub mod seed;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 

@@ -1,0 +1,423 @@
+//! `rimg push-peer IMAGE... DEST`: send images to another store, only the
+//! blobs it lacks.
+//!
+//! DEST `host:port` (or `rimg://host:port`) is a running `rimg listen`,
+//! whose fingerprint is pinned in `known_peers`. DEST `[user@]host` starts
+//! `rimg receive --bootstrap` over ssh, which prints the port, fingerprint
+//! and token to connect with: ssh authenticates, QUIC carries the data.
+
+use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+
+use rimg::digest::Digest;
+use rimg::reference::Reference;
+use rimg::store::Store;
+use rimg::transfer::auto::Compress;
+use rimg::transfer::identity::{Identity, TrustEntry, TrustFile};
+use rimg::transfer::send::{Outgoing, SendOptions, send};
+use rimg::transfer::{TransferError, close, tls};
+
+use super::id::ConfigArgs;
+use super::transfer_view::{View, parse_rate, runtime};
+use super::{Context, Hinted};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Images (names, IDs or ID prefixes), then DEST: `host:port` for a
+    /// `rimg listen`, or `[user@]host` to start a receiver over ssh.
+    #[arg(required = true, num_args = 2.., value_name = "IMAGE... DEST")]
+    targets: Vec<String>,
+
+    /// One JSON object per line on stdout, ending with a `done` event.
+    #[arg(long)]
+    json: bool,
+
+    /// The ssh command for `[user@]host` (as rsync's -e).
+    #[arg(
+        short = 'e',
+        long = "rsh",
+        value_name = "SSH_COMMAND",
+        default_value = "ssh"
+    )]
+    rsh: String,
+
+    /// The rimg binary on the remote host.
+    #[arg(long, value_name = "PATH", default_value = "rimg")]
+    remote_rimg: String,
+
+    /// The store on the remote host (its default otherwise).
+    #[arg(long, value_name = "DIR")]
+    remote_root: Option<String>,
+
+    /// Pin a listener's fingerprint on first contact without asking.
+    #[arg(long)]
+    accept_new: bool,
+
+    /// zstd on the wire: `auto` when it is faster for the link.
+    #[arg(long, value_enum, default_value = "auto")]
+    compress: Compress,
+
+    /// Limit the wire rate, in bytes per second (K, M, G suffixes).
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    bwlimit: Option<u64>,
+
+    /// Blobs sent at once, each on its own stream.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=16))]
+    streams: u16,
+
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+/// Where to send.
+enum Dest {
+    Listener { host: String, port: u16 },
+    Ssh { target: String, host: String },
+}
+
+fn parse_dest(dest: &str) -> Result<Dest> {
+    let bare = dest.strip_prefix("rimg://").unwrap_or(dest);
+    if let Ok(addr) = bare.parse::<SocketAddr>() {
+        return Ok(Dest::Listener {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        });
+    }
+    if let Some((host, port)) = bare.rsplit_once(':') {
+        let port = port
+            .parse()
+            .map_err(|_| anyhow!("invalid port in destination {dest:?}"))?;
+        return Ok(Dest::Listener {
+            host: host.trim_matches(['[', ']']).to_string(),
+            port,
+        });
+    }
+    if bare.is_empty() || bare.starts_with('-') {
+        bail!("invalid destination {dest:?}");
+    }
+    let host = bare.rsplit_once('@').map_or(bare, |(_, h)| h).to_string();
+    Ok(Dest::Ssh {
+        target: bare.to_string(),
+        host,
+    })
+}
+
+pub fn run(args: Args, ctx: &Context) -> Result<()> {
+    let (dest_arg, names) = args.targets.split_last().expect("clap requires two");
+    let dest = parse_dest(dest_arg)?;
+    let store = ctx.store()?;
+    let images = names
+        .iter()
+        .map(|n| outgoing(&store, n))
+        .collect::<Result<Vec<_>>>()?;
+    let config = args.config.dir();
+    let identity = Identity::load_or_create(&config)?;
+    let view = Arc::new(View::new(ctx.progress(), args.json, Some(dest_arg.clone())));
+    let mut opts = SendOptions {
+        compress: args.compress,
+        bwlimit: args.bwlimit,
+        streams: args.streams.into(),
+        ..SendOptions::default()
+    };
+
+    let rt = runtime()?;
+    let summary = match dest {
+        Dest::Listener { host, port } => {
+            let label = format!("{host}:{port}");
+            let pin = |seen: &Digest| pin_listener(&config, &label, seen, args.accept_new, ctx);
+            rt.block_on(async {
+                let (endpoint, conn) = connect(&identity, &host, port, pin).await?;
+                let result = send(&conn, &label, &store, &images, &opts, view.clone()).await;
+                finish_connection(&endpoint, &conn, &result).await;
+                result.map_err(anyhow::Error::from)
+            })?
+        }
+        Dest::Ssh { target, host } => {
+            let mut child = spawn_bootstrap(&args, &target)?;
+            let line = read_bootstrap_line(&mut child, &target)?;
+            let (port, fingerprint, token) = parse_bootstrap_line(&line, &target)?;
+            opts.token = Some(token);
+            let result = rt.block_on(async {
+                let check = |seen: &Digest| {
+                    if seen == &fingerprint {
+                        Ok(())
+                    } else {
+                        Err(anyhow!(
+                            "the receiver on {target} presented {seen}, not the {fingerprint} it printed over ssh"
+                        ))
+                    }
+                };
+                let (endpoint, conn) = connect(&identity, &host, port, check).await?;
+                let result = send(&conn, &target, &store, &images, &opts, view.clone()).await;
+                finish_connection(&endpoint, &conn, &result).await;
+                result.map_err(anyhow::Error::from)
+            });
+            reap(child, result.is_ok());
+            result?
+        }
+    };
+    view.finish();
+
+    view.event(serde_json::json!({
+        "event": "done",
+        "dest": dest_arg,
+        "images": summary.images,
+        "blobs_total": summary.blobs_total,
+        "blobs_sent": summary.blobs_sent,
+        "blobs_skipped": summary.blobs_skipped,
+        "bytes_raw": summary.bytes_raw,
+        "bytes_wire": summary.bytes_wire,
+        "seconds": summary.seconds,
+    }));
+    Ok(())
+}
+
+/// An image from the store with the names it will get: the tag the user
+/// typed, or every tag of the image when it was named by ID.
+fn outgoing(store: &Store, name: &str) -> Result<Outgoing> {
+    let image = store.resolve(name)?;
+    let typed = name
+        .parse::<Reference>()
+        .ok()
+        .filter(|r| image.tags.contains(r));
+    let names = match typed {
+        Some(r) => vec![r.to_string()],
+        None => image.tags.iter().map(|t| t.to_string()).collect(),
+    };
+    let manifest_bytes = store.read_json_blob(&image.manifest_digest)?;
+    Ok(Outgoing {
+        image,
+        names,
+        manifest_bytes,
+    })
+}
+
+/// Connects and checks the listener's fingerprint before anything is sent.
+async fn connect(
+    identity: &Identity,
+    host: &str,
+    port: u16,
+    check: impl FnOnce(&Digest) -> Result<()>,
+) -> Result<(quinn::Endpoint, quinn::Connection)> {
+    let peer = format!("{host}:{port}");
+    let addr = tokio::net::lookup_host((host, port))
+        .await
+        .with_context(|| format!("resolving {host}"))?
+        .next()
+        .ok_or_else(|| anyhow!("{host} has no address"))?;
+    let endpoint = tls::client(identity, addr)?;
+    let connecting = endpoint
+        .connect(addr, "rimg")
+        .map_err(|source| TransferError::Connect {
+            peer: peer.clone(),
+            source,
+        })?;
+    let conn = tokio::time::timeout(Duration::from_secs(20), connecting)
+        .await
+        .map_err(|_| anyhow!("connecting to {peer}: no answer within 20 s"))?
+        .map_err(|e| TransferError::connection(&peer, e))?;
+    let seen =
+        tls::peer_fingerprint(&conn).ok_or_else(|| anyhow!("{peer} presented no certificate"))?;
+    if let Err(e) = check(&seen) {
+        conn.close(close::ERROR.into(), b"fingerprint refused");
+        let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        return Err(e);
+    }
+    Ok((endpoint, conn))
+}
+
+/// Closes the connection (with the error as its reason, on failure) and
+/// gives the close a moment to reach the receiver.
+async fn finish_connection<T>(
+    endpoint: &quinn::Endpoint,
+    conn: &quinn::Connection,
+    result: &Result<T, TransferError>,
+) {
+    if let Err(e) = result {
+        let mut reason = e.to_string();
+        reason.truncate(1000);
+        conn.close(close::ERROR.into(), reason.as_bytes());
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+}
+
+/// known_peers, as ssh's known_hosts: pin on first contact when allowed,
+/// refuse a changed fingerprint.
+fn pin_listener(
+    config: &std::path::Path,
+    label: &str,
+    seen: &Digest,
+    accept_new: bool,
+    ctx: &Context,
+) -> Result<()> {
+    let known = TrustFile::known(config);
+    match known.lookup(label)? {
+        Some(pinned) if &pinned == seen => return Ok(()),
+        Some(pinned) => {
+            return Err(Hinted {
+                message: format!(
+                    "the identity of the listener at {label} has changed: it was {pinned}, it is now {seen}. \
+                     Someone could be impersonating it, or its identity was replaced; nothing was sent"
+                ),
+                hint: format!(
+                    "if the change is expected, remove the line for {label} from {}",
+                    known.path().display()
+                ),
+            }
+            .into());
+        }
+        None => {}
+    }
+    let accepted = accept_new || ask(label, seen)?;
+    if !accepted {
+        return Err(Hinted {
+            message: format!(
+                "the listener at {label} is not known (its fingerprint is {seen}); nothing was sent"
+            ),
+            hint: "compare the fingerprint with `rimg id` on the listener, then pass --accept-new"
+                .into(),
+        }
+        .into());
+    }
+    known.add(&TrustEntry {
+        fingerprint: seen.clone(),
+        label: label.to_string(),
+    })?;
+    ctx.status(&format!(
+        "Permanently added {label} ({seen}) to {}",
+        known.path().display()
+    ));
+    Ok(())
+}
+
+/// Asks on the terminal, as ssh does; `false` when there is none.
+fn ask(label: &str, seen: &Digest) -> Result<bool> {
+    if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
+        return Ok(false);
+    }
+    eprint!(
+        "The authenticity of listener {label} can't be established.\nIts fingerprint is {seen}.\n\
+         Are you sure you want to continue connecting (yes/no)? "
+    );
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(answer.trim().eq_ignore_ascii_case("yes"))
+}
+
+/// Quotes a word for a POSIX shell.
+fn shell_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', r"'\''"))
+}
+
+fn spawn_bootstrap(args: &Args, target: &str) -> Result<Child> {
+    // ssh joins the remote words into one line for the remote shell, so
+    // each is quoted for that shell, and the whole again for ours.
+    let mut remote = vec![shell_quote(&args.remote_rimg)];
+    if let Some(root) = &args.remote_root {
+        remote.push("--root".into());
+        remote.push(shell_quote(root));
+    }
+    remote.extend(["--no-progress", "receive", "--bootstrap"].map(String::from));
+    let remote: Vec<String> = remote.iter().map(|w| shell_quote(w)).collect();
+    let line = format!("{} {} {}", args.rsh, shell_quote(target), remote.join(" "));
+    tracing::debug!(command = %line, "starting the remote receiver");
+    Command::new("sh")
+        .arg("-c")
+        .arg(&line)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("running {line}"))
+}
+
+fn read_bootstrap_line(child: &mut Child, target: &str) -> Result<String> {
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let result = BufReader::new(stdout)
+            .take(4096)
+            .read_line(&mut line)
+            .map(|_| line);
+        let _ = tx.send(result);
+    });
+    let fail = |why: String| -> anyhow::Error {
+        Hinted {
+            message: format!("starting the receiver on {target} over ssh: {why}"),
+            hint: "check that ssh works and that --remote-rimg names rimg on that host".into(),
+        }
+        .into()
+    };
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(Ok(line)) if !line.trim().is_empty() => Ok(line),
+        Ok(Ok(_)) => Err(fail("it exited without printing its address".into())),
+        Ok(Err(e)) => Err(fail(e.to_string())),
+        Err(_) => {
+            let _ = child.kill();
+            Err(fail("no answer within 60 s".into()))
+        }
+    }
+}
+
+use std::io::Read as _;
+
+fn parse_bootstrap_line(line: &str, target: &str) -> Result<(u16, Digest, String)> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let bad = || anyhow!("the receiver on {target} printed {line:?}, not `PORT FINGERPRINT TOKEN`");
+    let [port, fingerprint, token] = words[..] else {
+        return Err(bad());
+    };
+    Ok((
+        port.parse().map_err(|_| bad())?,
+        fingerprint.parse().map_err(|_| bad())?,
+        token.to_string(),
+    ))
+}
+
+/// Waits for the remote receiver (and ssh) to exit; kills them on failure.
+fn reap(mut child: Child, ok: bool) {
+    if !ok {
+        let _ = child.kill();
+    }
+    for _ in 0..100 {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations() {
+        assert!(matches!(
+            parse_dest("127.0.0.1:7070").unwrap(),
+            Dest::Listener { port: 7070, .. }
+        ));
+        assert!(matches!(
+            parse_dest("rimg://h:1").unwrap(),
+            Dest::Listener { port: 1, .. }
+        ));
+        assert!(matches!(
+            parse_dest("[::1]:5").unwrap(),
+            Dest::Listener { port: 5, .. }
+        ));
+        assert!(
+            matches!(parse_dest("deploy@web1").unwrap(), Dest::Ssh { host, .. } if host == "web1")
+        );
+        assert!(parse_dest("h:notaport").is_err());
+        assert!(parse_dest("-oProxyCommand=x").is_err());
+    }
+}

@@ -1,0 +1,259 @@
+//! Partly received blobs: `ROOT/.rimg/partial/HEX`, kept across a dropped
+//! transfer so that the next one continues from the byte where it stopped.
+//!
+//! A partial file holds a prefix of the blob named by its file name, written
+//! by a peer we do not trust. Nothing in it is believed until the whole blob
+//! has been hashed: resuming re-hashes the prefix already on disk, and
+//! [`PartialBlob::finish`] checks the size and the digest before the file
+//! may be adopted by a [`Staging`] and renamed into `blobs/`. A file whose
+//! bytes turn out wrong is deleted, so the next attempt starts from zero.
+//!
+//! Each partial file is locked while it is written, so two transfers of the
+//! same blob into one store cannot interleave their bytes.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+
+use tempfile::TempPath;
+
+use super::{Staging, Store, StoreError, io_err};
+use crate::digest::{Digest, Hasher};
+
+/// A blob being received into `partial/`, hashed as it grows.
+pub struct PartialBlob {
+    file: File,
+    path: PathBuf,
+    digest: Digest,
+    size: u64,
+    hasher: Hasher,
+}
+
+/// A partial file whose size and digest have been checked: ready to stage.
+pub struct VerifiedPartial {
+    path: PathBuf,
+    digest: Digest,
+    size: u64,
+}
+
+/// Why a partial blob cannot be continued.
+#[derive(Debug, thiserror::Error)]
+pub enum PartialError {
+    /// Another transfer holds the lock on this partial file.
+    #[error("blob {0} is being received by another transfer")]
+    Busy(Digest),
+    /// More bytes arrived than the blob's announced size.
+    #[error("blob {digest} is larger than the {size} bytes offered")]
+    TooLarge { digest: Digest, size: u64 },
+    /// The stream ended before the blob was complete.
+    #[error("blob {digest} ended after {got} of {size} bytes")]
+    Short { digest: Digest, got: u64, size: u64 },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Store {
+    fn partial_path(&self, digest: &Digest) -> PathBuf {
+        self.partial_dir().join(digest.hex())
+    }
+
+    /// How many bytes of `digest` an interrupted transfer left behind.
+    /// Zero when there is no partial file, or when the one there is longer
+    /// than the blob (it cannot be a prefix of it).
+    pub fn partial_len(&self, digest: &Digest, size: u64) -> u64 {
+        fs::metadata(self.partial_path(digest))
+            .map(|m| m.len())
+            .ok()
+            .filter(|&len| len <= size)
+            .unwrap_or(0)
+    }
+
+    /// Opens (creating it if needed) the partial file for `digest`, locks
+    /// it, and re-hashes the prefix already there so that writing can go on
+    /// from [`PartialBlob::offset`].
+    pub fn open_partial(
+        &self,
+        digest: &Digest,
+        size: u64,
+    ) -> std::result::Result<PartialBlob, PartialError> {
+        self.open_partial_at(digest, size, size)
+    }
+
+    /// As [`Store::open_partial`], but keeps at most `at` bytes: the offset
+    /// a transfer agreed on, even if an earlier connection appended more
+    /// after that (it drains what its peer had sent before dying).
+    pub fn open_partial_at(
+        &self,
+        digest: &Digest,
+        size: u64,
+        at: u64,
+    ) -> std::result::Result<PartialBlob, PartialError> {
+        let path = self.partial_path(digest);
+        let mut file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(PartialError::Busy(digest.clone())),
+            Err(fs::TryLockError::Error(e)) => return Err(io_err(&path)(e).into()),
+        }
+
+        // A file longer than the blob is not a prefix of it: start over.
+        let len = file.metadata().map_err(io_err(&path))?.len();
+        if len > size {
+            file.set_len(0).map_err(io_err(&path))?;
+        } else if len > at {
+            file.set_len(at).map_err(io_err(&path))?;
+        }
+
+        let mut hasher = Hasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        file.seek(SeekFrom::Start(0)).map_err(io_err(&path))?;
+        loop {
+            let n = file.read(&mut buf).map_err(io_err(&path))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        Ok(PartialBlob {
+            file,
+            path,
+            digest: digest.clone(),
+            size,
+            hasher,
+        })
+    }
+}
+
+impl PartialBlob {
+    /// Bytes of the blob held so far: where the sender must continue.
+    pub fn offset(&self) -> u64 {
+        self.hasher.len()
+    }
+
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// Appends bytes, refusing any beyond the announced size.
+    pub fn write(&mut self, bytes: &[u8]) -> std::result::Result<(), PartialError> {
+        if self.offset() + bytes.len() as u64 > self.size {
+            return Err(PartialError::TooLarge {
+                digest: self.digest.clone(),
+                size: self.size,
+            });
+        }
+        self.file.write_all(bytes).map_err(io_err(&self.path))?;
+        self.hasher.update(bytes);
+        Ok(())
+    }
+
+    /// Checks the size and digest, and syncs. A digest mismatch deletes the
+    /// file: its bytes are wrong somewhere and cannot be resumed.
+    pub fn finish(self) -> std::result::Result<VerifiedPartial, PartialError> {
+        let got = self.offset();
+        if got != self.size {
+            return Err(PartialError::Short {
+                digest: self.digest,
+                got,
+                size: self.size,
+            });
+        }
+        let (actual, _) = self.hasher.finish();
+        if actual != self.digest {
+            let _ = fs::remove_file(&self.path);
+            return Err(StoreError::DigestMismatch {
+                what: format!("received blob {}", self.digest),
+                expected: self.digest,
+                actual,
+            }
+            .into());
+        }
+        self.file.sync_all().map_err(io_err(&self.path))?;
+        Ok(VerifiedPartial {
+            path: self.path,
+            digest: self.digest,
+            size: self.size,
+        })
+    }
+
+    /// Deletes the partial file: for bytes from a peer that misbehaved.
+    pub fn discard(self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+impl Staging {
+    /// Takes a verified partial file into this staging, as if it had been
+    /// written through [`Staging::writer`]. It is renamed into `blobs/` at
+    /// commit; dropping the staging deletes it, like any staged blob.
+    pub fn adopt(&mut self, partial: VerifiedPartial) -> super::Result<(Digest, u64)> {
+        let temp = TempPath::try_from_path(&partial.path).map_err(io_err(&partial.path))?;
+        let blob = super::StagedBlob::from_verified(temp, partial.digest, partial.size);
+        Ok(self.add(blob))
+    }
+}
+
+impl From<PartialError> for io::Error {
+    fn from(e: PartialError) -> io::Error {
+        io::Error::other(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resumes_from_the_bytes_on_disk_and_verifies_the_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s")).unwrap();
+        let data = vec![7u8; 3000];
+        let digest = Digest::of(&data);
+
+        let mut p = store.open_partial(&digest, 3000).unwrap();
+        p.write(&data[..1000]).unwrap();
+        drop(p);
+        assert_eq!(store.partial_len(&digest, 3000), 1000);
+
+        let mut p = store.open_partial(&digest, 3000).unwrap();
+        assert_eq!(p.offset(), 1000);
+        assert!(matches!(
+            p.write(&[0u8; 2001]),
+            Err(PartialError::TooLarge { .. })
+        ));
+        p.write(&data[1000..]).unwrap();
+        let verified = p.finish().unwrap();
+
+        let mut staging = store.stage().unwrap();
+        staging.adopt(verified).unwrap();
+        staging.commit(vec![]).unwrap();
+        assert!(store.has_blob(&digest));
+        assert_eq!(store.partial_len(&digest, 3000), 0);
+    }
+
+    #[test]
+    fn wrong_bytes_are_deleted_and_locked_files_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s")).unwrap();
+        let digest = Digest::of(b"right");
+
+        let mut p = store.open_partial(&digest, 5).unwrap();
+        assert!(matches!(
+            store.open_partial(&digest, 5),
+            Err(PartialError::Busy(_))
+        ));
+        p.write(b"wrong").unwrap();
+        assert!(matches!(
+            p.finish(),
+            Err(PartialError::Store(StoreError::DigestMismatch { .. }))
+        ));
+        assert_eq!(store.partial_len(&digest, 5), 0);
+        assert!(!store.has_blob(&digest));
+    }
+}

@@ -1,0 +1,140 @@
+//! `--compress auto`: whether zstd on the wire makes a blob arrive sooner.
+//!
+//! Compressing pays when the link, not the CPU, is what limits us: sending
+//! a raw byte costs `1/L` (L: link rate), a compressed one `1/C + r/L` (C:
+//! compressor speed, r: ratio), so zstd wins when `L < C * (1 - r)`. Both
+//! rates are measured as the transfer runs, from the chunks themselves, so
+//! the choice follows the data (already compressed layers stay raw) and the
+//! link. Every 16th chunk is compressed anyway while sending raw, to keep
+//! the estimate of C and r current.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::wire::ChunkKind;
+
+/// `--compress`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Compress {
+    Auto,
+    Zstd,
+    None,
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    chunks: u64,
+    raw_in: f64,
+    zstd_out: f64,
+    zstd_secs: f64,
+    wire_bytes: f64,
+    wire_secs: f64,
+}
+
+/// Shared by every blob stream of one transfer.
+#[derive(Debug)]
+pub struct Chooser {
+    mode: Compress,
+    /// How many compressions can run at once (cores vs. streams).
+    parallel: f64,
+    stats: Mutex<Stats>,
+}
+
+/// Older samples fade so that a change of link or data is followed.
+const DECAY: f64 = 0.97;
+
+impl Chooser {
+    pub fn new(mode: Compress, streams: usize) -> Chooser {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Chooser {
+            mode,
+            parallel: (cores.min(streams.max(1)) as f64) / streams.max(1) as f64,
+            stats: Mutex::new(Stats::default()),
+        }
+    }
+
+    /// What to do with the next chunk.
+    pub fn choose(&self) -> ChunkKind {
+        match self.mode {
+            Compress::None => ChunkKind::Raw,
+            Compress::Zstd => ChunkKind::Zstd,
+            Compress::Auto => {
+                let mut s = self.stats.lock().expect("not poisoned");
+                s.chunks += 1;
+                if s.zstd_secs == 0.0 || s.wire_secs == 0.0 || s.chunks.is_multiple_of(16) {
+                    return ChunkKind::Zstd;
+                }
+                if Self::zstd_wins(&s, self.parallel) {
+                    ChunkKind::Zstd
+                } else {
+                    ChunkKind::Raw
+                }
+            }
+        }
+    }
+
+    fn zstd_wins(s: &Stats, parallel: f64) -> bool {
+        let compress_rate = s.raw_in / s.zstd_secs * parallel;
+        let ratio = s.zstd_out / s.raw_in;
+        let link_rate = s.wire_bytes / s.wire_secs;
+        ratio < 0.95 && link_rate < compress_rate * (1.0 - ratio)
+    }
+
+    /// One chunk of `raw` bytes compressed to `out` in `took`.
+    pub fn record_zstd(&self, raw: usize, out: usize, took: Duration) {
+        let mut s = self.stats.lock().expect("not poisoned");
+        s.raw_in = s.raw_in * DECAY + raw as f64;
+        s.zstd_out = s.zstd_out * DECAY + out as f64;
+        s.zstd_secs = s.zstd_secs * DECAY + took.as_secs_f64().max(1e-6);
+    }
+
+    /// `bytes` went onto the wire in `took`.
+    pub fn record_wire(&self, bytes: usize, took: Duration) {
+        let mut s = self.stats.lock().expect("not poisoned");
+        s.wire_bytes = s.wire_bytes * DECAY + bytes as f64;
+        s.wire_secs = s.wire_secs * DECAY + took.as_secs_f64().max(1e-6);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn steady(link_mb_s: f64, compress_mb_s: f64, ratio: f64) -> Vec<ChunkKind> {
+        let c = Chooser::new(Compress::Auto, 1);
+        let mb = 1 << 20;
+        (0..40)
+            .map(|_| {
+                let kind = c.choose();
+                c.record_zstd(
+                    mb,
+                    (mb as f64 * ratio) as usize,
+                    Duration::from_secs_f64(1.0 / compress_mb_s),
+                );
+                c.record_wire(mb, Duration::from_secs_f64(1.0 / link_mb_s));
+                kind
+            })
+            .collect()
+    }
+
+    fn raw_share(kinds: &[ChunkKind]) -> usize {
+        kinds.iter().filter(|k| **k == ChunkKind::Raw).count()
+    }
+
+    #[test]
+    fn compresses_on_a_slow_link_and_not_on_a_fast_one() {
+        // 100 Mbit/s, a 400 MB/s compressor, 2:1 data: compress.
+        assert_eq!(raw_share(&steady(12.0, 400.0, 0.5)), 0);
+        // Loopback at 2 GB/s: raw, except the periodic probe.
+        assert!(raw_share(&steady(2000.0, 400.0, 0.5)) >= 36);
+        // Incompressible data on a slow link: raw.
+        assert!(raw_share(&steady(12.0, 400.0, 0.99)) >= 36);
+        assert_eq!(
+            raw_share(&steady(2000.0, 400.0, 0.5)[..1]),
+            0,
+            "first chunk probes"
+        );
+        let none = Chooser::new(Compress::None, 1);
+        assert_eq!(none.choose(), ChunkKind::Raw);
+    }
+}

@@ -1,0 +1,120 @@
+//! Moving images between stores over QUIC, sending only the blobs the
+//! receiver lacks.
+//!
+//! - [`wire`]: frames and messages, encoded without I/O (`proto/` has the
+//!   written protocol and its test vectors).
+//! - [`session`]: the protocol's decisions, without sockets.
+//! - [`identity`]: this node's key and certificate; `authorized_peers` and
+//!   `known_peers`.
+//! - [`tls`]: QUIC endpoints with fingerprint-based mutual TLS.
+//! - [`send`] and [`receive`]: the two ends, async, over a connection.
+//! - [`auto`]: deciding per chunk whether zstd on the wire pays.
+
+pub mod auto;
+pub mod identity;
+mod io;
+pub mod receive;
+pub mod send;
+pub mod session;
+pub mod tls;
+pub mod wire;
+
+use crate::digest::Digest;
+use crate::store::{PartialError, StoreError};
+
+pub use io::{read_frame, read_message, write_message};
+
+/// QUIC application close codes (see `proto/PROTOCOL.md`).
+pub mod close {
+    pub const DONE: u32 = 0;
+    pub const ERROR: u32 = 1;
+    pub const NOT_AUTHORIZED: u32 = 2;
+    pub const BUSY: u32 = 3;
+}
+
+/// Why a transfer failed. Each variant names the peer, digest or file;
+/// [`TransferError::retry_helps`] says whether running it again can help.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// The peer broke the protocol, or asked for something we refuse.
+    #[error(transparent)]
+    Session(#[from] session::SessionError),
+    /// A frame could not be decoded.
+    #[error("{0}")]
+    Wire(#[from] wire::WireError),
+    /// The peer sent an `error` message or closed with a reason.
+    #[error("{peer}: {message}")]
+    Remote { peer: String, message: String },
+    /// The connection failed or was lost.
+    #[error("connection to {peer}: {source}")]
+    Connection {
+        peer: String,
+        #[source]
+        source: quinn::ConnectionError,
+    },
+    #[error("connecting to {peer}: {source}")]
+    Connect {
+        peer: String,
+        #[source]
+        source: quinn::ConnectError,
+    },
+    /// A stream broke in the middle.
+    #[error("{what}: {reason}")]
+    Stream { what: String, reason: String },
+    /// Nothing arrived for too long.
+    #[error("{what}: nothing received for {secs} s")]
+    Stalled { what: String, secs: u64 },
+    /// The offer needs more disk than the receiver has.
+    #[error(
+        "not enough free disk space in {path}: the offer needs {need} bytes, {have} are available"
+    )]
+    NoSpace { path: String, need: u64, have: u64 },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Partial(#[from] PartialError),
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("blob {digest}: {source}")]
+    Blob {
+        digest: Digest,
+        #[source]
+        source: Box<TransferError>,
+    },
+}
+
+impl TransferError {
+    /// Whether the same transfer may succeed when run again (the network,
+    /// a stall, a busy receiver), as opposed to a refusal or bad data.
+    pub fn retry_helps(&self) -> bool {
+        match self {
+            TransferError::Connection { .. }
+            | TransferError::Connect { .. }
+            | TransferError::Stream { .. }
+            | TransferError::Stalled { .. } => true,
+            TransferError::Blob { source, .. } => source.retry_helps(),
+            _ => false,
+        }
+    }
+
+    pub fn connection(peer: &str, source: quinn::ConnectionError) -> TransferError {
+        match source {
+            quinn::ConnectionError::ApplicationClosed(close) => TransferError::Remote {
+                peer: peer.to_string(),
+                message: String::from_utf8_lossy(&close.reason).into_owned(),
+            },
+            source => TransferError::Connection {
+                peer: peer.to_string(),
+                source,
+            },
+        }
+    }
+}

@@ -1,0 +1,387 @@
+//! The receiving end: answer an offer with what the store lacks, store
+//! each blob as it arrives (hashed while written, verified, then moved into
+//! `blobs/`), and commit each image as soon as all its blobs are in.
+//!
+//! The sender is treated as hostile. Every frame is bounded before it is
+//! read, every blob is checked against the size and digest the manifest
+//! gives, every read has a stall timeout, and free disk is checked before
+//! anything is accepted. A failure ends this connection and nothing else:
+//! complete blobs stay (they are verified), a partial blob stays for a
+//! resume unless its bytes were shown to be wrong, and no image is tagged
+//! unless all of it is present.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+
+use super::session::{Limits, ReceiverSession};
+use super::wire::{BlobHeader, CHUNK, MAX_CHUNK_WIRE, Message, WireError, decode_chunk};
+use super::{TransferError, close, read_frame, read_message, write_message};
+use crate::digest::Digest;
+use crate::image::{Descriptor, MEDIA_OCI_MANIFEST};
+use crate::store::{NewImage, PartialError, Staging, Store};
+
+/// How a receiver bounds a transfer.
+#[derive(Debug, Clone)]
+pub struct ReceiveOptions {
+    pub limits: Limits,
+    /// Longest silence on any stream before the transfer is abandoned.
+    pub stall: Duration,
+    /// The one-time token a bootstrap receiver printed.
+    pub token: Option<String>,
+    /// Free disk kept in reserve beyond what an offer needs.
+    pub reserve: u64,
+}
+
+impl Default for ReceiveOptions {
+    fn default() -> ReceiveOptions {
+        ReceiveOptions {
+            limits: Limits::default(),
+            stall: Duration::from_secs(60),
+            token: None,
+            reserve: 256 << 20,
+        }
+    }
+}
+
+/// What the receiver reports as it goes.
+pub trait ReceiveEvents: Send + Sync {
+    /// The blobs this transfer will receive.
+    fn planned(&self, _wanted: &[super::wire::WantedBlob]) {}
+    fn skipped(&self, digest: &Digest, size: u64);
+    fn started(&self, digest: &Digest, size: u64, offset: u64);
+    fn progress(&self, digest: &Digest, bytes: u64);
+    fn stored(&self, digest: &Digest);
+    /// A blob stream failed; the transfer ends with the error.
+    fn failed(&self, _digest: &Digest) {}
+    fn loaded(&self, id: &Digest, names: &[String]);
+}
+
+/// The totals of one received transfer.
+#[derive(Debug, Default, Clone)]
+pub struct Received {
+    pub images: Vec<(Digest, Vec<String>)>,
+    pub blobs_stored: usize,
+    pub blobs_skipped: usize,
+}
+
+struct Shared {
+    store: Store,
+    session: Mutex<ReceiverSession>,
+    stall: Duration,
+    events: Arc<dyn ReceiveEvents>,
+    peer: String,
+}
+
+/// Serves one connection until the transfer is done or fails. On failure
+/// the connection is closed with the error as its reason, so the sender
+/// sees it too.
+pub async fn serve(
+    conn: quinn::Connection,
+    peer: &str,
+    store: Store,
+    opts: ReceiveOptions,
+    events: Arc<dyn ReceiveEvents>,
+) -> Result<Received, TransferError> {
+    let result = serve_inner(&conn, peer, store, opts, events).await;
+    match &result {
+        Ok(_) => {
+            // The sender closes once it has read `done`; wait for that so the
+            // last message is not lost, but not for ever.
+            let _ = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await;
+        }
+        Err(e) => {
+            let mut reason = e.to_string();
+            reason.truncate(1000);
+            conn.close(close::ERROR.into(), reason.as_bytes());
+        }
+    }
+    result
+}
+
+async fn serve_inner(
+    conn: &quinn::Connection,
+    peer: &str,
+    store: Store,
+    opts: ReceiveOptions,
+    events: Arc<dyn ReceiveEvents>,
+) -> Result<Received, TransferError> {
+    let (mut ctl_send, mut ctl_recv) = tokio::time::timeout(opts.stall, conn.accept_bi())
+        .await
+        .map_err(|_| TransferError::Stalled {
+            what: format!("{peer}: waiting for the control stream"),
+            secs: opts.stall.as_secs(),
+        })?
+        .map_err(|e| TransferError::connection(peer, e))?;
+    let mut next = async || -> Result<Message, TransferError> {
+        read_message(&mut ctl_recv, opts.stall, peer)
+            .await?
+            .ok_or_else(|| TransferError::Remote {
+                peer: peer.to_string(),
+                message: "the sender closed the control stream".into(),
+            })
+    };
+
+    let mut session = ReceiverSession::new(opts.token.clone(), opts.limits.clone());
+    let welcome = session.on_hello(&next().await?)?;
+    write_message(&mut ctl_send, &welcome, peer).await?;
+
+    let offer = next().await?;
+    let plan = tokio::task::block_in_place(|| session.on_offer(&offer, &store))?;
+    check_free_disk(&store, plan.bytes_needed + opts.reserve)?;
+
+    // Held from here to the end: garbage collection must not run between
+    // a blob's arrival and the commit of the image that names it.
+    let _guard = store.stage()?;
+    events.planned(&plan.want);
+    let mut received = Received::default();
+    let wanted: Vec<&Digest> = plan.want.iter().map(|w| &w.digest).collect();
+    if let Message::Offer { .. } = offer {
+        for i in 0..session.image_count() {
+            let m = &session.image(i).manifest;
+            for d in std::iter::once(&m.config).chain(&m.layers) {
+                if !wanted.contains(&&d.digest) {
+                    events.skipped(&d.digest, d.size);
+                    received.blobs_skipped += 1;
+                }
+            }
+        }
+    }
+
+    write_message(
+        &mut ctl_send,
+        &Message::Want {
+            blobs: plan.want.clone(),
+        },
+        peer,
+    )
+    .await?;
+    for i in plan.ready {
+        let loaded = commit_image(&store, &session, i)?;
+        session.image_committed(i);
+        events.loaded(&loaded.id, &loaded.names);
+        write_message(&mut ctl_send, &loaded.message(), peer).await?;
+        received.images.push((loaded.id, loaded.names));
+    }
+
+    let shared = Arc::new(Shared {
+        store: store.clone(),
+        session: Mutex::new(session),
+        stall: opts.stall,
+        events: events.clone(),
+        peer: peer.to_string(),
+    });
+    let mut tasks = JoinSet::new();
+    let mut remaining = plan.want.len();
+    while remaining > 0 || !tasks.is_empty() {
+        tokio::select! {
+            stream = conn.accept_uni(), if remaining > 0 => {
+                let stream = stream.map_err(|e| TransferError::connection(peer, e))?;
+                remaining -= 1;
+                tasks.spawn(receive_blob(stream, shared.clone()));
+            }
+            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                let digest = joined.map_err(|e| TransferError::Stream {
+                    what: "blob task".into(),
+                    reason: e.to_string(),
+                })??;
+                received.blobs_stored += 1;
+                write_message(&mut ctl_send, &Message::Stored { digest: digest.clone() }, peer).await?;
+                let ready = shared.session.lock().expect("not poisoned").blob_stored(&digest);
+                for i in ready {
+                    let loaded = {
+                        let session = shared.session.lock().expect("not poisoned");
+                        commit_image(&store, &session, i)?
+                    };
+                    shared.session.lock().expect("not poisoned").image_committed(i);
+                    events.loaded(&loaded.id, &loaded.names);
+                    write_message(&mut ctl_send, &loaded.message(), peer).await?;
+                    received.images.push((loaded.id, loaded.names));
+                }
+            }
+            _ = tokio::time::sleep(opts.stall), if tasks.is_empty() => {
+                return Err(TransferError::Stalled {
+                    what: format!("{peer}: waiting for a blob stream"),
+                    secs: opts.stall.as_secs(),
+                });
+            }
+        }
+    }
+
+    let count = received.images.len() as u32;
+    write_message(&mut ctl_send, &Message::Done { images: count }, peer).await?;
+    let _ = ctl_send.finish();
+    Ok(received)
+}
+
+struct Loaded {
+    id: Digest,
+    names: Vec<String>,
+}
+
+impl Loaded {
+    fn message(&self) -> Message {
+        Message::Loaded {
+            id: self.id.clone(),
+            names: self.names.clone(),
+        }
+    }
+}
+
+/// Stores the manifest and tags an image whose blobs are all present.
+fn commit_image(
+    store: &Store,
+    session: &ReceiverSession,
+    i: usize,
+) -> Result<Loaded, TransferError> {
+    let image = session.image(i);
+    let mut staging: Staging = store.stage()?;
+    let (digest, size) = staging.put_bytes(&image.manifest_bytes)?;
+    let media = image
+        .manifest
+        .media_type
+        .clone()
+        .unwrap_or_else(|| MEDIA_OCI_MANIFEST.to_string());
+    let desc = Descriptor::new(&media, digest, size);
+    let committed = tokio::task::block_in_place(|| {
+        staging.commit(vec![NewImage {
+            manifest: desc,
+            tags: image.names.clone(),
+        }])
+    })?;
+    let id = committed
+        .first()
+        .map(|c| c.id.clone())
+        .unwrap_or_else(|| image.manifest.config.digest.clone());
+    Ok(Loaded {
+        id,
+        names: image.names.iter().map(|n| n.familiar()).collect(),
+    })
+}
+
+fn check_free_disk(store: &Store, need: u64) -> Result<(), TransferError> {
+    let stat = rustix::fs::statvfs(store.root()).map_err(|e| TransferError::Io {
+        what: format!("free space of {}", store.root().display()),
+        source: e.into(),
+    })?;
+    let have = stat.f_bavail.saturating_mul(stat.f_frsize);
+    if need > have {
+        return Err(TransferError::NoSpace {
+            path: store.root().display().to_string(),
+            need,
+            have,
+        });
+    }
+    Ok(())
+}
+
+/// Receives one blob stream into `partial/`, verifies it, stores it.
+async fn receive_blob(
+    mut stream: quinn::RecvStream,
+    shared: Arc<Shared>,
+) -> Result<Digest, TransferError> {
+    let what = format!("{}: blob stream", shared.peer);
+    let header = read_frame(&mut stream, BlobHeader::MAX, shared.stall, &what)
+        .await?
+        .ok_or_else(|| TransferError::Stream {
+            what: what.clone(),
+            reason: "ended before its header".into(),
+        })?;
+    let header = BlobHeader::decode(&header)?;
+    let digest = header.digest.clone();
+    let result = receive_body(&mut stream, &shared, header).await;
+    if result.is_err() {
+        shared.events.failed(&digest);
+    }
+    result.map_err(|e| TransferError::Blob {
+        digest: digest.clone(),
+        source: Box::new(e),
+    })?;
+    Ok(digest)
+}
+
+/// Opens the partial file, waiting while a previous transfer of the same
+/// blob still holds it: after a sender is killed, its connection lives on
+/// here until the stall timeout, and the resumed push should not fail for
+/// that.
+async fn open_partial(
+    shared: &Shared,
+    digest: &Digest,
+    size: u64,
+    at: u64,
+) -> Result<crate::store::PartialBlob, TransferError> {
+    let deadline = tokio::time::Instant::now() + shared.stall + Duration::from_secs(1);
+    loop {
+        match tokio::task::block_in_place(|| shared.store.open_partial_at(digest, size, at)) {
+            Err(PartialError::Busy(_)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
+async fn receive_body(
+    stream: &mut quinn::RecvStream,
+    shared: &Shared,
+    header: BlobHeader,
+) -> Result<(), TransferError> {
+    let digest = header.digest;
+    let size = shared
+        .session
+        .lock()
+        .expect("not poisoned")
+        .start_blob(&digest, header.offset)?;
+    let mut partial = open_partial(shared, &digest, size, header.offset).await?;
+    if partial.offset() != header.offset {
+        return Err(super::session::SessionError::WrongOffset {
+            digest,
+            expected: partial.offset(),
+            got: header.offset,
+        }
+        .into());
+    }
+    shared.events.started(&digest, size, header.offset);
+
+    let what = format!("{}: blob {digest}", shared.peer);
+    loop {
+        let frame = match read_frame(stream, MAX_CHUNK_WIRE + 1, shared.stall, &what).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            // Bytes so far are a good prefix, as far as we know: keep them
+            // for a resume.
+            Err(e @ (TransferError::Stalled { .. } | TransferError::Connection { .. })) => {
+                return Err(e);
+            }
+            Err(e) => {
+                partial.discard();
+                return Err(e);
+            }
+        };
+        let left = size - partial.offset();
+        let chunk = match decode_chunk(&frame, left.min(CHUNK as u64) as usize) {
+            Ok(chunk) => chunk,
+            Err(WireError::ChunkTooLarge(_)) if left < CHUNK as u64 => {
+                partial.discard();
+                return Err(PartialError::TooLarge { digest, size }.into());
+            }
+            Err(e) => {
+                partial.discard();
+                return Err(e.into());
+            }
+        };
+        if let Err(e) = partial.write(&chunk) {
+            partial.discard();
+            return Err(e.into());
+        }
+        shared.events.progress(&digest, chunk.len() as u64);
+    }
+
+    let verified = tokio::task::block_in_place(|| partial.finish())?;
+    let mut staging = shared.store.stage()?;
+    staging.adopt(verified)?;
+    tokio::task::block_in_place(|| staging.commit(Vec::new()))?;
+    shared.events.stored(&digest);
+    Ok(())
+}

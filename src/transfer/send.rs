@@ -1,0 +1,372 @@
+//! The sending end: offer images, send each blob the receiver wants on its
+//! own stream, several at once, and report what the receiver stored.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::auto::{Chooser, Compress};
+use super::session::{check_want, check_welcome};
+use super::wire::{
+    BlobHeader, CHUNK, ChunkKind, Message, OfferedImage, VERSION, WantedBlob, encode_chunk,
+};
+use super::{TransferError, close, read_message, write_message};
+use crate::digest::Digest;
+use crate::store::{Image, Store};
+
+/// How to send.
+#[derive(Debug, Clone)]
+pub struct SendOptions {
+    pub compress: Compress,
+    /// Wire bytes per second, all streams together (`--bwlimit`).
+    pub bwlimit: Option<u64>,
+    /// Blob streams open at once.
+    pub streams: usize,
+    /// The bootstrap token, when the receiver printed one.
+    pub token: Option<String>,
+    /// How long to wait for the receiver's answers.
+    pub timeout: Duration,
+}
+
+impl Default for SendOptions {
+    fn default() -> SendOptions {
+        SendOptions {
+            compress: Compress::Auto,
+            bwlimit: None,
+            streams: 4,
+            token: None,
+            timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// One image to offer, with the names it gets on the receiver.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub image: Image,
+    pub names: Vec<String>,
+    pub manifest_bytes: Vec<u8>,
+}
+
+/// What the sender reports as it goes (to bars, lines or JSON).
+pub trait SendEvents: Send + Sync {
+    /// The receiver's answer: the blobs that will be sent.
+    fn planned(&self, _wanted: &[WantedBlob]) {}
+    /// The receiver already has this blob.
+    fn skipped(&self, digest: &Digest, size: u64);
+    /// A blob starts at `offset` (non-zero when resuming).
+    fn started(&self, digest: &Digest, size: u64, offset: u64);
+    /// `raw` more bytes of a blob are on their way.
+    fn progress(&self, digest: &Digest, raw: u64);
+    /// A blob is sent; the receiver will confirm with `stored`.
+    fn sent(&self, digest: &Digest, raw: u64, wire: u64);
+    /// The receiver verified and stored a blob.
+    fn stored(&self, _digest: &Digest) {}
+    /// The receiver committed an image.
+    fn loaded(&self, id: &Digest, names: &[String]);
+}
+
+/// The totals of one push.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Summary {
+    pub images: Vec<LoadedImage>,
+    pub blobs_total: usize,
+    pub blobs_sent: usize,
+    pub blobs_skipped: usize,
+    pub bytes_raw: u64,
+    pub bytes_wire: u64,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoadedImage {
+    pub id: Digest,
+    pub names: Vec<String>,
+}
+
+/// Keeps all streams together under `--bwlimit`.
+struct RateLimit {
+    rate: u64,
+    state: Mutex<(Instant, u64)>,
+}
+
+impl RateLimit {
+    async fn pace(&self, bytes: usize) {
+        let wait = {
+            let mut s = self.state.lock().expect("not poisoned");
+            s.1 += bytes as u64;
+            let due = Duration::from_secs_f64(s.1 as f64 / self.rate as f64);
+            due.saturating_sub(s.0.elapsed())
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// Everything one blob task needs.
+struct BlobJob {
+    conn: quinn::Connection,
+    path: PathBuf,
+    want: WantedBlob,
+    chooser: Arc<Chooser>,
+    limit: Option<Arc<RateLimit>>,
+    events: Arc<dyn SendEvents>,
+    peer: String,
+}
+
+/// Runs a whole push over an established, checked connection.
+pub async fn send(
+    conn: &quinn::Connection,
+    peer: &str,
+    store: &Store,
+    images: &[Outgoing],
+    opts: &SendOptions,
+    events: Arc<dyn SendEvents>,
+) -> Result<Summary, TransferError> {
+    let started = Instant::now();
+    let (mut ctl_send, ctl_recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| TransferError::connection(peer, e))?;
+
+    // Control messages are read by their own task: a read cancelled half
+    // way by `select!` would lose bytes.
+    let (tx, mut rx) = mpsc::channel(64);
+    tokio::spawn(read_control(ctl_recv, tx, opts.timeout, peer.to_string()));
+    let mut next = async || -> Result<Message, TransferError> {
+        match rx.recv().await {
+            Some(Ok(msg)) => Ok(msg),
+            Some(Err(e)) => Err(e),
+            None => Err(TransferError::Remote {
+                peer: peer.to_string(),
+                message: "the receiver closed the control stream".into(),
+            }),
+        }
+    };
+
+    let hello = Message::Hello {
+        version: VERSION,
+        token: opts.token.clone(),
+    };
+    write_message(&mut ctl_send, &hello, peer).await?;
+    check_welcome(&next().await?)?;
+
+    let mut offered: BTreeMap<Digest, u64> = BTreeMap::new();
+    for out in images {
+        let m = &out.image.manifest;
+        for d in std::iter::once(&m.config).chain(&m.layers) {
+            offered.insert(d.digest.clone(), d.size);
+        }
+    }
+    let offer = Message::Offer {
+        images: images
+            .iter()
+            .map(|o| OfferedImage {
+                names: o.names.clone(),
+                manifest: String::from_utf8_lossy(&o.manifest_bytes).into_owned(),
+            })
+            .collect(),
+    };
+    write_message(&mut ctl_send, &offer, peer).await?;
+    let wanted = check_want(&offered, &next().await?)?;
+
+    let mut summary = Summary {
+        blobs_total: offered.len(),
+        blobs_sent: wanted.len(),
+        blobs_skipped: offered.len() - wanted.len(),
+        ..Summary::default()
+    };
+    events.planned(&wanted);
+    for (digest, size) in &offered {
+        if !wanted.iter().any(|w| &w.digest == digest) {
+            events.skipped(digest, *size);
+        }
+    }
+
+    let streams = opts.streams.clamp(1, 16);
+    let chooser = Arc::new(Chooser::new(
+        opts.compress,
+        streams.min(wanted.len().max(1)),
+    ));
+    let limit = opts.bwlimit.map(|rate| {
+        Arc::new(RateLimit {
+            rate: rate.max(1),
+            state: Mutex::new((Instant::now(), 0)),
+        })
+    });
+    let mut queue = wanted.into_iter();
+    let mut tasks = JoinSet::new();
+    let mut spawn_next = |tasks: &mut JoinSet<_>| {
+        if let Some(want) = queue.next() {
+            let job = BlobJob {
+                conn: conn.clone(),
+                path: store.blob_path(&want.digest),
+                want,
+                chooser: chooser.clone(),
+                limit: limit.clone(),
+                events: events.clone(),
+                peer: peer.to_string(),
+            };
+            tasks.spawn(send_blob(job));
+        }
+    };
+    for _ in 0..streams {
+        spawn_next(&mut tasks);
+    }
+
+    loop {
+        tokio::select! {
+            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                let (raw, wire) = joined.map_err(|e| TransferError::Stream {
+                    what: "blob task".into(),
+                    reason: e.to_string(),
+                })??;
+                summary.bytes_raw += raw;
+                summary.bytes_wire += wire;
+                spawn_next(&mut tasks);
+            }
+            msg = next() => match msg? {
+                Message::Stored { digest } => events.stored(&digest),
+                Message::Loaded { id, names } => {
+                    events.loaded(&id, &names);
+                    summary.images.push(super::send::LoadedImage { id, names });
+                }
+                Message::Done { .. } => break,
+                Message::Error { message, digest } => {
+                    let message = match digest {
+                        Some(d) => format!("{message} (blob {d})"),
+                        None => message,
+                    };
+                    return Err(TransferError::Remote { peer: peer.to_string(), message });
+                }
+                other => {
+                    return Err(super::session::SessionError::Unexpected {
+                        expected: "stored, loaded or done",
+                        got: other.kind(),
+                    }.into());
+                }
+            },
+        }
+    }
+
+    let _ = ctl_send.finish();
+    conn.close(close::DONE.into(), b"done");
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+async fn read_control(
+    mut recv: quinn::RecvStream,
+    tx: mpsc::Sender<Result<Message, TransferError>>,
+    timeout: Duration,
+    peer: String,
+) {
+    loop {
+        let msg = match read_message(&mut recv, timeout, &peer).await {
+            Ok(Some(msg)) => Ok(msg),
+            Ok(None) => return,
+            Err(e) => Err(e),
+        };
+        let stop = msg.is_err();
+        if tx.send(msg).await.is_err() || stop {
+            return;
+        }
+    }
+}
+
+/// Sends one blob from the offset the receiver asked for; returns the raw
+/// and wire byte counts.
+async fn send_blob(job: BlobJob) -> Result<(u64, u64), TransferError> {
+    let digest = job.want.digest.clone();
+    send_blob_inner(job).await.map_err(|e| TransferError::Blob {
+        digest,
+        source: Box::new(e),
+    })
+}
+
+async fn send_blob_inner(job: BlobJob) -> Result<(u64, u64), TransferError> {
+    let BlobJob {
+        conn,
+        path,
+        want,
+        chooser,
+        limit,
+        events,
+        peer,
+    } = job;
+    let io_err = |source| TransferError::Io {
+        what: path.display().to_string(),
+        source,
+    };
+    let write_err = |e: quinn::WriteError| match e {
+        quinn::WriteError::ConnectionLost(c) => TransferError::connection(&peer, c),
+        other => TransferError::Stream {
+            what: peer.clone(),
+            reason: other.to_string(),
+        },
+    };
+
+    let mut file = std::fs::File::open(&path).map_err(io_err)?;
+    file.seek(SeekFrom::Start(want.offset)).map_err(io_err)?;
+    let mut stream = conn
+        .open_uni()
+        .await
+        .map_err(|e| TransferError::connection(&peer, e))?;
+    let header = BlobHeader {
+        digest: want.digest.clone(),
+        offset: want.offset,
+    };
+    stream
+        .write_all(&header.encode())
+        .await
+        .map_err(write_err)?;
+    events.started(&want.digest, want.size, want.offset);
+
+    let mut compressor = zstd::bulk::Compressor::new(1).map_err(io_err)?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut remaining = want.size - want.offset;
+    let (mut raw, mut wire) = (0u64, 0u64);
+    while remaining > 0 {
+        let n = (remaining as usize).min(CHUNK);
+        file.read_exact(&mut buf[..n]).map_err(io_err)?;
+        let chunk = &buf[..n];
+
+        let frame = match chooser.choose() {
+            ChunkKind::Raw => encode_chunk(ChunkKind::Raw, chunk),
+            ChunkKind::Zstd => {
+                let t = Instant::now();
+                let packed =
+                    tokio::task::block_in_place(|| compressor.compress(chunk)).map_err(io_err)?;
+                chooser.record_zstd(n, packed.len(), t.elapsed());
+                if packed.len() < n {
+                    encode_chunk(ChunkKind::Zstd, &packed)
+                } else {
+                    encode_chunk(ChunkKind::Raw, chunk)
+                }
+            }
+        };
+
+        let t = Instant::now();
+        stream.write_all(&frame).await.map_err(write_err)?;
+        chooser.record_wire(frame.len(), t.elapsed());
+        if let Some(limit) = &limit {
+            limit.pace(frame.len()).await;
+        }
+        events.progress(&want.digest, n as u64);
+        raw += n as u64;
+        wire += frame.len() as u64;
+        remaining -= n as u64;
+    }
+    stream.finish().map_err(|e| TransferError::Stream {
+        what: peer.clone(),
+        reason: e.to_string(),
+    })?;
+    events.sent(&want.digest, raw, wire);
+    Ok((raw, wire))
+}

@@ -1,0 +1,290 @@
+//! The bytes on the wire: control messages and blob-stream chunks, encoded
+//! and decoded without any I/O.
+//!
+//! Every frame starts with its length as a 32-bit big-endian number, and the
+//! length is checked against a fixed bound before anything is allocated, so
+//! a hostile peer can make us hold at most one bounded frame per stream. The
+//! format is described, with test vectors, in `proto/PROTOCOL.md`; the unit
+//! tests below check those vectors.
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+
+/// The protocol version this build speaks (`Hello.version`).
+pub const VERSION: u32 = 1;
+
+/// The ALPN protocol name; a peer that does not offer it fails the
+/// handshake before any message is exchanged.
+pub const ALPN: &[u8] = b"rimg/1";
+
+/// Largest control message accepted (an offer carries every manifest).
+pub const MAX_MESSAGE: usize = 16 << 20;
+
+/// Raw bytes per blob chunk: the unit of compression and of progress.
+pub const CHUNK: usize = 1 << 20;
+
+/// Largest chunk payload on the wire. zstd can grow incompressible data by
+/// a little; anything beyond this is a protocol violation.
+pub const MAX_CHUNK_WIRE: usize = CHUNK + (64 << 10);
+
+/// A control message, on the one bidirectional stream the sender opens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Message {
+    /// Sender, first: the version it speaks and, for an ssh bootstrap, the
+    /// one-time token the receiver printed.
+    Hello {
+        version: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+    },
+    /// Receiver: the version both will speak.
+    Welcome { version: u32 },
+    /// Sender: the images, each with its exact manifest bytes.
+    Offer { images: Vec<OfferedImage> },
+    /// Receiver: the blobs it lacks, and where each should start.
+    Want { blobs: Vec<WantedBlob> },
+    /// Receiver: a blob was received, verified and stored.
+    Stored { digest: Digest },
+    /// Receiver: an image was committed and tagged.
+    Loaded { id: Digest, names: Vec<String> },
+    /// Receiver: every offered image is in its store.
+    Done { images: u32 },
+    /// Either side: the transfer is over because of this.
+    Error {
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        digest: Option<Digest>,
+    },
+}
+
+/// One image in an offer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OfferedImage {
+    /// Names to tag it with on the receiver (`docker.io/library/x:1`).
+    pub names: Vec<String>,
+    /// The manifest, byte for byte: its digest is computed from this.
+    pub manifest: String,
+}
+
+/// One blob the receiver asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WantedBlob {
+    pub digest: Digest,
+    pub size: u64,
+    /// Bytes the receiver already holds from an interrupted transfer.
+    pub offset: u64,
+}
+
+/// The first frame of a blob stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlobHeader {
+    pub digest: Digest,
+    pub offset: u64,
+}
+
+/// How a chunk's payload is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkKind {
+    Raw = 0,
+    Zstd = 1,
+}
+
+/// A frame that cannot be decoded. The peer sent it, so this ends the
+/// transfer, never the process.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    TooLong { len: usize, max: usize },
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error("unknown chunk encoding {0}")]
+    UnknownChunkKind(u8),
+    #[error("chunk decompresses to more than {0} bytes")]
+    ChunkTooLarge(usize),
+    #[error("empty chunk frame")]
+    EmptyChunk,
+}
+
+/// Encodes any frame body with its length prefix.
+fn frame(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// The length in a 4-byte prefix, checked against `max`.
+pub fn frame_len(prefix: [u8; 4], max: usize) -> Result<usize, WireError> {
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len > max {
+        return Err(WireError::TooLong { len, max });
+    }
+    Ok(len)
+}
+
+impl Message {
+    pub fn encode(&self) -> Vec<u8> {
+        frame(&serde_json::to_vec(self).expect("messages always serialise"))
+    }
+
+    /// Decodes a message body (after the length prefix).
+    pub fn decode(body: &[u8]) -> Result<Message, WireError> {
+        if body.len() > MAX_MESSAGE {
+            return Err(WireError::TooLong {
+                len: body.len(),
+                max: MAX_MESSAGE,
+            });
+        }
+        serde_json::from_slice(body).map_err(|e| WireError::Malformed(e.to_string()))
+    }
+
+    /// Its name, for errors like "expected want, got hello".
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "hello",
+            Message::Welcome { .. } => "welcome",
+            Message::Offer { .. } => "offer",
+            Message::Want { .. } => "want",
+            Message::Stored { .. } => "stored",
+            Message::Loaded { .. } => "loaded",
+            Message::Done { .. } => "done",
+            Message::Error { .. } => "error",
+        }
+    }
+}
+
+impl BlobHeader {
+    pub fn encode(&self) -> Vec<u8> {
+        frame(&serde_json::to_vec(self).expect("headers always serialise"))
+    }
+
+    /// Largest header body: a digest and a number, with room to spare.
+    pub const MAX: usize = 1024;
+
+    pub fn decode(body: &[u8]) -> Result<BlobHeader, WireError> {
+        serde_json::from_slice(body).map_err(|e| WireError::Malformed(e.to_string()))
+    }
+}
+
+/// Encodes one chunk frame: length (of kind + payload), kind, payload.
+pub fn encode_chunk(kind: ChunkKind, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + payload.len());
+    out.extend_from_slice(&((payload.len() + 1) as u32).to_be_bytes());
+    out.push(kind as u8);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Decodes a chunk frame body (after the length prefix) into raw bytes,
+/// never producing more than `limit` bytes (at most [`CHUNK`]).
+pub fn decode_chunk(body: &[u8], limit: usize) -> Result<Vec<u8>, WireError> {
+    let (&kind, payload) = body.split_first().ok_or(WireError::EmptyChunk)?;
+    let limit = limit.min(CHUNK);
+    match kind {
+        0 if payload.len() > limit => Err(WireError::ChunkTooLarge(limit)),
+        0 => Ok(payload.to_vec()),
+        1 => {
+            // Decompress into a buffer of at most `limit` bytes: a zstd
+            // bomb fails here instead of allocating.
+            let mut out = vec![0u8; limit];
+            let n = zstd::bulk::Decompressor::new()
+                .and_then(|mut d| d.decompress_to_buffer(payload, &mut out[..]))
+                .map_err(|_| WireError::ChunkTooLarge(limit))?;
+            out.truncate(n);
+            Ok(out)
+        }
+        other => Err(WireError::UnknownChunkKind(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(c: char) -> Digest {
+        Digest::from_hex(&c.to_string().repeat(64)).unwrap()
+    }
+
+    /// The vectors in proto/PROTOCOL.md, byte for byte.
+    #[test]
+    fn test_vectors_match_the_protocol_document() {
+        let hello = Message::Hello {
+            version: 1,
+            token: Some("tok".into()),
+        };
+        assert_eq!(
+            hex::encode(hello.encode()),
+            "0000002a7b2274797065223a2268656c6c6f222c2276657273696f6e223a312c22746f6b656e223a22746f6b227d"
+        );
+        let want = Message::Want {
+            blobs: vec![WantedBlob {
+                digest: digest('a'),
+                size: 10,
+                offset: 4,
+            }],
+        };
+        let doc =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/proto/PROTOCOL.md"))
+                .unwrap();
+        for (name, bytes) in [
+            ("hello", hello.encode()),
+            ("want", want.encode()),
+            ("welcome", Message::Welcome { version: 1 }.encode()),
+            (
+                "header",
+                BlobHeader {
+                    digest: digest('b'),
+                    offset: 0,
+                }
+                .encode(),
+            ),
+            ("raw-chunk", encode_chunk(ChunkKind::Raw, b"hi")),
+        ] {
+            let line = format!("{name}: {}", hex::encode(&bytes));
+            assert!(doc.contains(&line), "PROTOCOL.md lacks `{line}`");
+            let body = &bytes[4..];
+            assert_eq!(
+                frame_len(bytes[..4].try_into().unwrap(), MAX_MESSAGE),
+                Ok(body.len())
+            );
+        }
+        assert_eq!(
+            Message::decode(&want.encode()[4..]).unwrap(),
+            want,
+            "want round-trips"
+        );
+    }
+
+    #[test]
+    fn hostile_frames_are_errors() {
+        assert!(matches!(
+            frame_len([0xff, 0xff, 0xff, 0xff], MAX_MESSAGE),
+            Err(WireError::TooLong { .. })
+        ));
+        assert!(Message::decode(b"{\"type\":\"hello\"}").is_err());
+        assert!(Message::decode(b"{\"type\":\"stored\",\"digest\":\"sha256:../x\"}").is_err());
+        assert!(Message::decode(b"{\"type\":\"welcome\",\"version\":1,\"x\":1}").is_err());
+        assert_eq!(decode_chunk(&[], 10), Err(WireError::EmptyChunk));
+        assert_eq!(
+            decode_chunk(&[9, 1], 10),
+            Err(WireError::UnknownChunkKind(9))
+        );
+        assert_eq!(
+            decode_chunk(&[0, 1, 2, 3], 2),
+            Err(WireError::ChunkTooLarge(2))
+        );
+
+        // A zstd bomb: 1 MiB of zeros compresses to a few bytes, but a
+        // limit of 100 bytes must hold.
+        let bomb = zstd::bulk::compress(&vec![0u8; CHUNK], 1).unwrap();
+        let mut body = vec![1u8];
+        body.extend_from_slice(&bomb);
+        assert_eq!(decode_chunk(&body, 100), Err(WireError::ChunkTooLarge(100)));
+        assert_eq!(decode_chunk(&body, CHUNK).unwrap().len(), CHUNK);
+    }
+}

@@ -1,0 +1,276 @@
+//! A hostile sender against a real `rimg listen`: each misbehaviour ends
+//! that transfer with an error that says what was wrong, on both ends, and
+//! leaves the receiver's store as it was.
+//!
+//! The hostile sender is written here with the library's own wire code, so
+//! that it can send what `push-peer` never would.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::Env;
+use common::peers::{Listener, trust};
+use rimg::digest::Digest;
+use rimg::image::{Descriptor, MEDIA_OCI_CONFIG, MEDIA_OCI_LAYER, Manifest};
+use rimg::transfer::identity::Identity;
+use rimg::transfer::wire::{BlobHeader, ChunkKind, Message, OfferedImage, VERSION, encode_chunk};
+use rimg::transfer::{read_message, tls, write_message};
+
+struct Hostile {
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    _endpoint: quinn::Endpoint,
+}
+
+/// A connection as `sender`, with no stream open yet.
+async fn dial(sender: &Env, addr: &str) -> (quinn::Endpoint, quinn::Connection) {
+    let identity = Identity::load_or_create(&sender.config()).unwrap();
+    let addr: SocketAddr = addr.parse().unwrap();
+    let endpoint = tls::client(&identity, addr).unwrap();
+    let conn = endpoint.connect(addr, "rimg").unwrap().await.unwrap();
+    (endpoint, conn)
+}
+
+async fn connect(sender: &Env, addr: &str) -> Hostile {
+    let (endpoint, conn) = dial(sender, addr).await;
+    let (send, recv) = conn.open_bi().await.unwrap();
+    Hostile {
+        conn,
+        send,
+        recv,
+        _endpoint: endpoint,
+    }
+}
+
+impl Hostile {
+    async fn say(&mut self, msg: &Message) {
+        write_message(&mut self.send, msg, "listener")
+            .await
+            .unwrap();
+    }
+
+    async fn hear(&mut self) -> Message {
+        read_message(&mut self.recv, Duration::from_secs(20), "listener")
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    /// Hello, then an offer of one image with `layer` (digest, size).
+    async fn offer(&mut self, layer: &Digest, size: u64) {
+        self.say(&Message::Hello {
+            version: VERSION,
+            token: None,
+        })
+        .await;
+        assert_eq!(self.hear().await, Message::Welcome { version: VERSION });
+        let manifest = Manifest::new(
+            Descriptor::new(MEDIA_OCI_CONFIG, Digest::of(b"{}"), 2),
+            vec![Descriptor::new(MEDIA_OCI_LAYER, layer.clone(), size)],
+        );
+        self.say(&Message::Offer {
+            images: vec![OfferedImage {
+                names: vec!["evil:1".into()],
+                manifest: String::from_utf8(manifest.to_bytes()).unwrap(),
+            }],
+        })
+        .await;
+    }
+
+    /// The reason the listener closed the connection with.
+    async fn closed_reason(&self) -> String {
+        match tokio::time::timeout(Duration::from_secs(30), self.conn.closed()).await {
+            Ok(quinn::ConnectionError::ApplicationClosed(c)) => {
+                String::from_utf8_lossy(&c.reason).into_owned()
+            }
+            other => panic!("expected an application close, got {other:?}"),
+        }
+    }
+}
+
+async fn send_blob(
+    conn: &quinn::Connection,
+    digest: &Digest,
+    chunks: &[Vec<u8>],
+    finish: bool,
+) -> quinn::SendStream {
+    let mut stream = conn.open_uni().await.unwrap();
+    let header = BlobHeader {
+        digest: digest.clone(),
+        offset: 0,
+    };
+    stream.write_all(&header.encode()).await.unwrap();
+    for chunk in chunks {
+        stream
+            .write_all(&encode_chunk(ChunkKind::Raw, chunk))
+            .await
+            .unwrap();
+    }
+    if finish {
+        stream.finish().unwrap();
+    }
+    stream
+}
+
+fn setup(extra: &[&str]) -> (Env, Env, Listener) {
+    let (sender, receiver) = (Env::new(), Env::new());
+    trust(&receiver, &sender);
+    let listener = Listener::start(&receiver, extra);
+    (sender, receiver, listener)
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn partial_files(env: &Env) -> Vec<u64> {
+    std::fs::read_dir(env.root().join(".rimg/partial"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .collect()
+}
+
+#[test]
+fn a_blob_whose_bytes_do_not_match_its_digest_is_refused() {
+    let (sender, receiver, listener) = setup(&[]);
+    let before = receiver.snapshot();
+    let claimed = Digest::of(b"the real layer");
+    rt().block_on(async {
+        let mut h = connect(&sender, &listener.addr).await;
+        h.offer(&claimed, 14).await;
+        assert!(matches!(h.hear().await, Message::Want { .. }));
+        let _s = send_blob(&h.conn, &claimed, &[b"a forged layer".to_vec()], true).await;
+        let reason = h.closed_reason().await;
+        assert!(reason.contains("digest mismatch"), "{reason}");
+        assert!(
+            reason.contains(&claimed.to_string()),
+            "the error names the digest: {reason}"
+        );
+    });
+    listener.wait_log("digest mismatch");
+    assert_eq!(receiver.snapshot(), before);
+    assert!(
+        partial_files(&receiver).is_empty(),
+        "wrong bytes are not kept"
+    );
+    receiver.assert_consistent();
+}
+
+#[test]
+fn a_blob_larger_than_offered_is_refused() {
+    let (sender, receiver, listener) = setup(&[]);
+    let before = receiver.snapshot();
+    let claimed = Digest::of(b"0123456789");
+    rt().block_on(async {
+        let mut h = connect(&sender, &listener.addr).await;
+        h.offer(&claimed, 10).await;
+        assert!(matches!(h.hear().await, Message::Want { .. }));
+        let _s = send_blob(
+            &h.conn,
+            &claimed,
+            &[b"01234".to_vec(), b"56789 and more".to_vec()],
+            true,
+        )
+        .await;
+        let reason = h.closed_reason().await;
+        assert!(
+            reason.contains("larger than the 10 bytes offered"),
+            "{reason}"
+        );
+    });
+    assert_eq!(receiver.snapshot(), before);
+    assert!(partial_files(&receiver).is_empty());
+}
+
+#[test]
+fn a_stalled_stream_is_dropped_and_its_bytes_kept_for_a_resume() {
+    let (sender, receiver, listener) = setup(&["--stall-timeout", "2"]);
+    let before = receiver.snapshot();
+    let claimed = Digest::of(&[5u8; 2000]);
+    rt().block_on(async {
+        let mut h = connect(&sender, &listener.addr).await;
+        h.offer(&claimed, 2000).await;
+        assert!(matches!(h.hear().await, Message::Want { .. }));
+        let _s = send_blob(&h.conn, &claimed, &[vec![5u8; 700]], false).await;
+        let reason = h.closed_reason().await;
+        assert!(reason.contains("nothing received for 2 s"), "{reason}");
+    });
+    assert_eq!(receiver.snapshot(), before);
+    assert_eq!(partial_files(&receiver), vec![700]);
+}
+
+#[test]
+fn offers_beyond_the_limits_are_refused_before_any_byte() {
+    let (sender, receiver, listener) = setup(&["--max-blob-size", "1000000"]);
+    let before = receiver.snapshot();
+    rt().block_on(async {
+        let mut h = connect(&sender, &listener.addr).await;
+        h.offer(&Digest::of(b"x"), 1_000_001).await;
+        let reason = h.closed_reason().await;
+        assert!(reason.contains("accepts at most 1000000"), "{reason}");
+    });
+    drop(listener);
+
+    // More than the disk holds.
+    let listener = Listener::start(&receiver, &["--max-blob-size", "1152921504606846976"]);
+    rt().block_on(async {
+        let mut h = connect(&sender, &listener.addr).await;
+        h.offer(&Digest::of(b"x"), 1 << 50).await;
+        let reason = h.closed_reason().await;
+        assert!(reason.contains("not enough free disk space"), "{reason}");
+    });
+
+    // A frame longer than any message may be.
+    rt().block_on(async {
+        let mut h = connect(&sender, &listener.addr).await;
+        h.send.write_all(&[0xff, 0xff, 0xff, 0xff]).await.unwrap();
+        let reason = h.closed_reason().await;
+        assert!(reason.contains("exceeds the limit"), "{reason}");
+    });
+
+    // A blob nobody asked for.
+    rt().block_on(async {
+        let mut h = connect(&sender, &listener.addr).await;
+        h.offer(&Digest::of(b"y"), 1).await;
+        assert!(matches!(h.hear().await, Message::Want { .. }));
+        let other = Digest::of(b"z");
+        let _s = send_blob(&h.conn, &other, &[b"z".to_vec()], true).await;
+        let reason = h.closed_reason().await;
+        assert!(
+            reason.contains(&format!("blob {other} was not asked for")),
+            "{reason}"
+        );
+    });
+    assert_eq!(receiver.snapshot(), before);
+    receiver.assert_consistent();
+}
+
+#[test]
+fn transfers_beyond_max_transfers_are_refused_as_busy() {
+    let (sender, _receiver, listener) = setup(&["--max-transfers", "1"]);
+    rt().block_on(async {
+        let mut first = connect(&sender, &listener.addr).await;
+        first
+            .say(&Message::Hello {
+                version: VERSION,
+                token: None,
+            })
+            .await;
+        assert!(matches!(first.hear().await, Message::Welcome { .. }));
+        let (_endpoint, second) = dial(&sender, &listener.addr).await;
+        let reason = match second.closed().await {
+            quinn::ConnectionError::ApplicationClosed(c) => {
+                String::from_utf8_lossy(&c.reason).into_owned()
+            }
+            other => panic!("expected an application close, got {other:?}"),
+        };
+        assert!(reason.contains("busy"), "{reason}");
+    });
+    listener.wait_log("transfers already in progress");
+}

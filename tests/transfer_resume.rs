@@ -1,0 +1,131 @@
+//! A push killed mid-blob, first on the sending end and then on the
+//! receiving end, resumes: the next push completes and sends less than the
+//! whole blob again, and the receiver's store is consistent throughout.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Env;
+use common::peers::{Listener, done_event, image_in, trust};
+use common::seed::{random_layer, seed_generated};
+
+const LAYER: usize = 48 << 20;
+
+fn partial_len(env: &Env) -> u64 {
+    std::fs::read_dir(env.root().join(".rimg/partial"))
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
+/// Starts a rate-limited push in the background.
+fn slow_push(sender: &Env, addr: &str) -> Child {
+    sender
+        .cmd(&[
+            "--no-progress",
+            "push-peer",
+            "--bwlimit",
+            "4M",
+            "--compress",
+            "none",
+            "--accept-new",
+            "big:1",
+            addr,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("push starts")
+}
+
+fn wait_partial(env: &Env, at_least: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let len = partial_len(env);
+        if len >= at_least {
+            return len;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "partial blob stuck at {len} bytes"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn no_tag(root: &Path) -> bool {
+    let index = std::fs::read_to_string(root.join("index.json")).unwrap_or_default();
+    !index.contains("big:1")
+}
+
+#[test]
+fn killed_sender_then_killed_receiver_resume_where_they_stopped() {
+    let (sender, receiver) = (Env::new(), Env::new());
+    let small = random_layer("small", 1000, 7);
+    let big = random_layer("big", LAYER, 9);
+    let big_len = big.len() as u64;
+    let id = seed_generated(&sender.root(), "big:1", &[small, big]);
+    trust(&receiver, &sender);
+    let mut listener = Listener::start(&receiver, &["--stall-timeout", "3"]);
+    let port: u16 = listener.addr.rsplit_once(':').unwrap().1.parse().unwrap();
+
+    // 1. Kill the sender mid-blob.
+    let mut push = slow_push(&sender, &listener.addr);
+    let first = wait_partial(&receiver, 8 << 20);
+    push.kill().unwrap();
+    push.wait().unwrap();
+    assert!(no_tag(&receiver.root()), "no half image is tagged");
+    receiver.assert_consistent();
+
+    // 2. Resume, then kill the receiver mid-blob.
+    let mut push = slow_push(&sender, &listener.addr);
+    let second = wait_partial(&receiver, first + (8 << 20));
+    listener.kill();
+    push.kill().unwrap();
+    push.wait().unwrap();
+    assert!(second > first, "the second push continued the partial blob");
+    assert!(no_tag(&receiver.root()));
+    receiver.assert_consistent();
+
+    // 3. A new receiver on the same store: the push completes, sending
+    //    only what was missing.
+    let _listener = Listener::start_on(&receiver, port, &["--stall-timeout", "3"]);
+    let held = partial_len(&receiver);
+    let out = sender.ok(&[
+        "push-peer",
+        "--json",
+        "--compress",
+        "none",
+        "big:1",
+        &_listener.addr,
+    ]);
+    let done = done_event(&out);
+    let raw = done["bytes_raw"].as_u64().unwrap();
+    assert!(
+        raw < LAYER as u64,
+        "resumed push sent {raw} bytes, not less than the whole: {out}"
+    );
+    // The config and the small layer were stored by the first push.
+    assert_eq!(raw, big_len - held, "only the missing tail was sent: {out}");
+    assert_eq!(done["blobs_sent"], 1, "{out}");
+    let resumed = out
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["event"] == "blob" && v["offset"].as_u64().unwrap() > 0)
+        .expect("a blob event with a non-zero offset");
+    assert_eq!(resumed["offset"].as_u64().unwrap(), held);
+    assert_eq!(image_in(&receiver, "docker.io/library/big:1").0, id);
+    receiver.assert_consistent();
+    assert_eq!(
+        partial_len(&receiver),
+        0,
+        "the partial file became the blob"
+    );
+}
