@@ -7,6 +7,7 @@
 
 pub mod compress;
 pub mod digest;
+pub mod engine;
 pub mod image;
 pub mod progress;
 pub mod reference;
