@@ -24,6 +24,8 @@ use tokio::sync::mpsc;
 
 use crate::digest::Digest;
 
+pub mod v1;
+
 /// The prefix that names an image in the local engine.
 pub const SCHEME: &str = "docker-daemon:";
 
