@@ -9,6 +9,7 @@
 pub mod archive;
 pub mod compress;
 pub mod digest;
+pub mod engine;
 pub mod image;
 pub mod import;
 pub mod progress;

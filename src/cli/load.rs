@@ -18,12 +18,20 @@ use super::{Context, Hinted};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Read the archive from FILE instead of stdin.
-    #[arg(short, long, value_name = "FILE")]
+    #[arg(short, long, value_name = "FILE", conflicts_with = "from")]
     input: Option<PathBuf>,
+
+    /// Load an image from the local Docker Engine instead:
+    /// `docker-daemon:NAME[:TAG]` or `docker-daemon:ID`.
+    #[arg(long, value_name = "SOURCE")]
+    from: Option<String>,
 }
 
 pub fn run(args: Args, ctx: &Context) -> Result<()> {
     let store = ctx.store()?;
+    if let Some(source) = &args.from {
+        return from_engine(&store, source, ctx);
+    }
     let (input, total, label): (Box<dyn Read + Send>, _, _) = match &args.input {
         Some(path) => {
             let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
@@ -50,8 +58,40 @@ pub fn run(args: Args, ctx: &Context) -> Result<()> {
     };
     let loaded = rimg::archive::load(&store, reader).with_context(|| format!("loading {label}"))?;
     bar.finish("done");
+    report(&loaded, ctx);
+    Ok(())
+}
 
-    for image in &loaded {
+/// `--from docker-daemon:NAME`: the engine's export, streamed through the
+/// same reader as a file.
+fn from_engine(store: &rimg::store::Store, source: &str, ctx: &Context) -> Result<()> {
+    let Some(name) = rimg::engine::parse_source(source) else {
+        return Err(Hinted {
+            message: format!("unknown image source {source:?}"),
+            hint: "name an image in the local Docker Engine as docker-daemon:NAME[:TAG]".into(),
+        }
+        .into());
+    };
+    let engine = super::connect_engine()?;
+    let image = engine.inspect(name).map_err(super::engine_error)?;
+    let export = engine.export(name).map_err(super::engine_error)?;
+
+    let progress = ctx.progress();
+    // The export is a little larger than the layers (tar headers, JSON).
+    let bar = progress.bytes("reading export", Some(image.size));
+    let reader = ReadProgress {
+        inner: BufReader::with_capacity(1 << 20, export),
+        bar: &bar,
+    };
+    let loaded = rimg::archive::load(store, reader)
+        .with_context(|| format!("loading {name} from the Docker Engine"))?;
+    bar.finish("done");
+    report(&loaded, ctx);
+    Ok(())
+}
+
+fn report(loaded: &[rimg::archive::Loaded], ctx: &Context) {
+    for image in loaded {
         for (tag, old) in &image.moved {
             ctx.status(&format!(
                 "The image {} already exists, renaming the old one with ID {old} to empty string",
@@ -65,5 +105,4 @@ pub fn run(args: Args, ctx: &Context) -> Result<()> {
             println!("Loaded image: {}", tag.familiar());
         }
     }
-    Ok(())
 }

@@ -151,6 +151,24 @@ impl Context {
     }
 }
 
+/// Connects to the local Docker Engine, turning a failure into an error
+/// with the engine's message and a hint.
+pub fn connect_engine() -> Result<rimg::engine::Engine> {
+    rimg::engine::Engine::connect().map_err(engine_error)
+}
+
+/// An engine error, with its hint where it has one.
+pub fn engine_error(e: rimg::engine::EngineError) -> anyhow::Error {
+    match e.hint() {
+        Some(hint) => Hinted {
+            message: e.to_string(),
+            hint,
+        }
+        .into(),
+        None => e.into(),
+    }
+}
+
 /// An error that has already been reported; only the exit status is left.
 #[derive(Debug, thiserror::Error)]
 #[error("exit status {0}")]

@@ -34,9 +34,12 @@ pub struct Args {
 }
 
 pub fn run(args: Args, ctx: &Context) -> Result<()> {
+    let compression = args.compress.unwrap_or(Compression::None);
+    if args.images.iter().any(|i| rimg::engine::parse_source(i).is_some()) {
+        return from_engine(&args, compression, ctx);
+    }
     let store = ctx.store()?;
     let images = select(&store, &args.images)?;
-    let compression = args.compress.unwrap_or(Compression::None);
 
     match &args.output {
         Some(path) => to_file(&store, &images, compression, path, ctx),
@@ -53,6 +56,78 @@ pub fn run(args: Args, ctx: &Context) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `rimg save docker-daemon:NAME...`: the engine's own export, streamed
+/// through (and compressed when asked). The engine writes an archive every
+/// reader of ours and Docker's loads.
+fn from_engine(args: &Args, compression: Compression, ctx: &Context) -> Result<()> {
+    let names = args
+        .images
+        .iter()
+        .map(|i| {
+            rimg::engine::parse_source(i).ok_or_else(|| {
+                anyhow::Error::from(Hinted {
+                    message: format!("cannot save {i:?} together with images of the Docker Engine"),
+                    hint: "save images of the store and of the engine in two archives".into(),
+                })
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let engine = super::connect_engine()?;
+    let mut export = engine.export_all(&names).map_err(super::engine_error)?;
+
+    let progress = ctx.progress();
+    let bar = progress.bytes("reading export", None);
+    let copy = |out: &mut dyn Write| -> Result<()> {
+        let mut encoder = Encoder::new(BufWriter::with_capacity(1 << 20, out), compression)?;
+        let mut reader = rimg::progress::ReadProgress {
+            inner: &mut export,
+            bar: &bar,
+        };
+        io::copy(&mut reader, &mut encoder).context("copying the Docker Engine's export")?;
+        encoder
+            .finish()?
+            .flush()
+            .context("finishing the archive")?;
+        Ok(())
+    };
+    match &args.output {
+        Some(path) => {
+            let (mut file, temp_path) = temp_beside(path)?.into_parts();
+            copy(&mut file)?;
+            file.sync_all()
+                .with_context(|| format!("syncing {}", temp_path.display()))?;
+            temp_path
+                .persist(path)
+                .with_context(|| format!("renaming the archive to {}", path.display()))?;
+        }
+        None => {
+            let stdout = io::stdout();
+            if stdout.is_terminal() {
+                return Err(Hinted {
+                    message: "refusing to write an archive to a terminal".into(),
+                    hint: "use -o FILE or redirect stdout".into(),
+                }
+                .into());
+            }
+            copy(&mut stdout.lock())?;
+        }
+    }
+    bar.finish("done");
+    Ok(())
+}
+
+/// A temporary file next to `path`, to rename over it once complete.
+fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    tempfile::Builder::new()
+        .prefix(".rimg-save-")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))
 }
 
 /// Resolves the names the user gave, folding names of the same image.
@@ -111,15 +186,7 @@ fn to_file(
     path: &Path,
     ctx: &Context,
 ) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let temp = tempfile::Builder::new()
-        .prefix(".rimg-save-")
-        .tempfile_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    let (file, temp_path) = temp.into_parts();
+    let (file, temp_path) = temp_beside(path)?.into_parts();
     let file = write(store, images, compression, file, ctx)?;
     file.sync_all()
         .with_context(|| format!("syncing {}", temp_path.display()))?;
