@@ -35,7 +35,11 @@ pub struct Args {
 
 pub fn run(args: Args, ctx: &Context) -> Result<()> {
     let compression = args.compress.unwrap_or(Compression::None);
-    if args.images.iter().any(|i| rimg::engine::parse_source(i).is_some()) {
+    if args
+        .images
+        .iter()
+        .any(|i| rimg::engine::parse_source(i).is_some())
+    {
         return from_engine(&args, compression, ctx);
     }
     let store = ctx.store()?;
@@ -79,17 +83,14 @@ fn from_engine(args: &Args, compression: Compression, ctx: &Context) -> Result<(
 
     let progress = ctx.progress();
     let bar = progress.bytes("reading export", None);
-    let copy = |out: &mut dyn Write| -> Result<()> {
+    let mut copy = |out: &mut dyn Write| -> Result<()> {
         let mut encoder = Encoder::new(BufWriter::with_capacity(1 << 20, out), compression)?;
         let mut reader = rimg::progress::ReadProgress {
             inner: &mut export,
             bar: &bar,
         };
         io::copy(&mut reader, &mut encoder).context("copying the Docker Engine's export")?;
-        encoder
-            .finish()?
-            .flush()
-            .context("finishing the archive")?;
+        encoder.finish()?.flush().context("finishing the archive")?;
         Ok(())
     };
     match &args.output {
