@@ -41,6 +41,11 @@ use crate::store::{BlobWriter, NewImage, Store, StoreError};
 const CHUNK: usize = 1 << 20;
 /// Chunks in flight between them: bounds memory at about `CHUNK * (DEPTH+2)`.
 const DEPTH: usize = 4;
+/// How much is written between two background syncs of the layer file.
+/// Without them the final sync would write the whole layer to disk at the
+/// end, after everything else is done; with them, the disk works while
+/// the tarball is still being read.
+const SYNC_EVERY: u64 = 64 << 20;
 
 /// What went wrong in an import. Each variant names the source.
 #[derive(Debug, thiserror::Error)]
@@ -363,8 +368,19 @@ fn store_layer<R: Read + Send>(
 
     let (chunks_tx, chunks_rx) = sync_channel(DEPTH);
     let (spare_tx, spare_rx) = channel();
+    let (sync_tx, sync_rx) = sync_channel::<()>(1);
+    let sync_file = writer.sync_handle().map_err(|error| ImportError::Write {
+        source_name: name.to_string(),
+        error,
+    })?;
     std::thread::scope(|scope| {
         scope.spawn(move || produce(tar, compression, name, chunks_tx, spare_rx));
+        scope.spawn(move || {
+            // Errors are left for the final sync, which reports them.
+            for () in sync_rx {
+                let _ = sync_file.sync_data();
+            }
+        });
         let mut feed = ChunkFeed {
             chunks: chunks_rx,
             spare: spare_tx,
@@ -373,12 +389,21 @@ fn store_layer<R: Read + Send>(
             offset: 0,
             writer,
             name,
+            sync: sync_tx,
+            unsynced: 0,
         };
         let outcome = walk::walk(&mut feed);
         // Dropping the receiver stops the reading thread if it is still
-        // going (an error here); the scope then joins it.
-        let ChunkFeed { writer, chunks, .. } = feed;
+        // going (an error here), dropping the sender ends the syncing
+        // thread; the scope then joins both.
+        let ChunkFeed {
+            writer,
+            chunks,
+            sync,
+            ..
+        } = feed;
         drop(chunks);
+        drop(sync);
         match outcome {
             Ok(summary) => {
                 tracing::debug!(members = summary.members, "tar checked");
@@ -444,6 +469,9 @@ struct ChunkFeed<'a> {
     offset: u64,
     writer: BlobWriter,
     name: &'a str,
+    /// Asks the syncing thread to sync what is written so far.
+    sync: SyncSender<()>,
+    unsynced: u64,
 }
 
 impl ChunkFeed<'_> {
@@ -457,12 +485,18 @@ impl ChunkFeed<'_> {
             Ok(Msg::Failed(e)) => return Err(e),
             Err(_) => return Ok(false),
         };
-        self.writer
-            .write_all(&next)
-            .map_err(|error| ImportError::Write {
-                source_name: self.name.to_string(),
-                error,
-            })?;
+        let write_err = |error| ImportError::Write {
+            source_name: self.name.to_string(),
+            error,
+        };
+        self.writer.write_all(&next).map_err(write_err)?;
+        self.unsynced += next.len() as u64;
+        if self.unsynced >= SYNC_EVERY {
+            // A sync already under way is enough; this one is skipped then.
+            self.writer.flush().map_err(write_err)?;
+            let _ = self.sync.try_send(());
+            self.unsynced = 0;
+        }
         let done = std::mem::replace(&mut self.chunk, next);
         let _ = self.spare.send(done);
         self.pos = 0;
