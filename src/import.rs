@@ -322,15 +322,14 @@ fn download(url: &str) -> Result<(SourceReader, Option<u64>), ImportError> {
     let body = response.into_body();
     let len = body.content_length();
     let reader = UrlReader {
-        url: url.to_string(),
         inner: body.into_reader(),
     };
     Ok((Box::new(reader), len))
 }
 
-/// A download body whose errors say which URL broke.
+/// A download body whose errors say it was the download that broke (the
+/// error around it names the URL).
 struct UrlReader {
-    url: String,
     inner: ureq::BodyReader<'static>,
 }
 
@@ -338,7 +337,7 @@ impl Read for UrlReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.inner
             .read(buf)
-            .map_err(|e| io::Error::new(e.kind(), format!("downloading {}: {e}", self.url)))
+            .map_err(|e| io::Error::new(e.kind(), format!("the download broke off: {e}")))
     }
 }
 
