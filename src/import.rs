@@ -31,7 +31,8 @@ use walk::{Feed, WalkError};
 use crate::compress::{self, Compression, OpenError};
 use crate::digest::Digest;
 use crate::image::{
-    Descriptor, History, ImageConfig, MEDIA_OCI_CONFIG, MEDIA_OCI_LAYER, Manifest, Platform, RootFs,
+    Descriptor, History, ImageConfig, MEDIA_OCI_CONFIG, MEDIA_OCI_LAYER, Manifest, Platform,
+    RootFs, RunConfig,
 };
 use crate::progress::{Progress, ReadProgress};
 use crate::reference::Reference;
@@ -179,32 +180,11 @@ pub fn import(
     let layer_size = layer.size;
     staging.add(layer);
 
-    let created = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
     let comment = options
         .message
         .clone()
         .unwrap_or_else(|| format!("Imported from {name}"));
-    let mut config = ImageConfig {
-        created: Some(created.clone()),
-        architecture: platform.architecture.clone(),
-        os: platform.os.clone(),
-        variant: platform.variant.clone(),
-        config: (run_config != Default::default()).then_some(run_config),
-        rootfs: RootFs {
-            kind: "layers".into(),
-            diff_ids: vec![diff_id.clone()],
-        },
-        history: vec![History {
-            created: Some(created),
-            comment: Some(comment.clone()),
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    // Docker keeps the import message at the top level too; `inspect` shows
-    // it as `Comment`.
-    config.extra.insert("comment".into(), comment.into());
-    let config_bytes = serde_json::to_vec(&config).expect("a config always serialises");
+    let config_bytes = new_config(&platform, run_config, &diff_id, comment);
 
     let (config_digest, config_size) = staging.put_bytes(&config_bytes)?;
     let manifest = Manifest::new(
@@ -230,6 +210,37 @@ pub fn import(
         layer_size,
         compression,
     })
+}
+
+/// The config of a freshly imported image, as bytes (its digest is the ID).
+fn new_config(
+    platform: &Platform,
+    run_config: RunConfig,
+    diff_id: &Digest,
+    comment: String,
+) -> Vec<u8> {
+    let created = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+    let mut config = ImageConfig {
+        created: Some(created.clone()),
+        architecture: platform.architecture.clone(),
+        os: platform.os.clone(),
+        variant: platform.variant.clone(),
+        config: (run_config != RunConfig::default()).then_some(run_config),
+        rootfs: RootFs {
+            kind: "layers".into(),
+            diff_ids: vec![diff_id.clone()],
+        },
+        history: vec![History {
+            created: Some(created),
+            comment: Some(comment.clone()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    // Docker keeps the import message at the top level too; `inspect` shows
+    // it as `Comment`.
+    config.extra.insert("comment".into(), comment.into());
+    serde_json::to_vec(&config).expect("a config always serialises")
 }
 
 /// `OS/ARCH[/VARIANT]`, with the usual aliases normalised as Docker does.
