@@ -557,3 +557,44 @@ impl Feed for ChunkFeed<'_> {
         self.skip(u64::MAX).map(|_| ())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_by_their_look() {
+        assert_eq!(Source::parse("-"), Source::Stdin);
+        assert_eq!(
+            Source::parse("HTTPS://example.com/r.tar"),
+            Source::Url("HTTPS://example.com/r.tar".into())
+        );
+        assert_eq!(
+            Source::parse("./http:x.tar"),
+            Source::File("./http:x.tar".into())
+        );
+    }
+
+    #[test]
+    fn platforms_normalise_like_docker() {
+        let p = parse_platform(Some("linux/x86_64")).unwrap();
+        assert_eq!((p.os.as_str(), p.architecture.as_str()), ("linux", "amd64"));
+        let p = parse_platform(Some("linux/armhf")).unwrap();
+        assert_eq!(
+            (p.architecture.as_str(), p.variant.as_deref()),
+            ("arm", Some("v7"))
+        );
+        let p = parse_platform(Some("windows/amd64")).unwrap();
+        assert_eq!(p.os, "windows");
+        for bad in [
+            "linux",
+            "linux/",
+            "/amd64",
+            "linux/amd64/v8/x",
+            "linux/am d64",
+        ] {
+            assert!(parse_platform(Some(bad)).is_err(), "{bad}");
+        }
+        assert!(parse_platform(None).is_ok());
+    }
+}
