@@ -877,3 +877,27 @@ fn rejects_a_corrupt_compressed_layer() {
         &[&new_path, "zstd stream is corrupt"],
     );
 }
+
+#[test]
+fn rejects_a_huge_tar_metadata_entry_before_reading_it() {
+    let env = populated();
+    // A GNU long-name header declaring 5 GiB: the tar crate would read it
+    // whole into memory; the load must fail at the header instead.
+    let mut bytes = archives::write(&edge_items()[..3]);
+    bytes.truncate(bytes.len() - 1024);
+    let mut header = tar::Header::new_gnu();
+    header.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+    header.set_entry_type(tar::EntryType::GNULongName);
+    header.set_size(5 << 30);
+    header.set_cksum();
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(&[b'a'; 4096]);
+    assert_rejected(
+        &env,
+        &bytes,
+        &[
+            "truncated or damaged after entry",
+            "more than the 1048576 allowed",
+        ],
+    );
+}

@@ -83,7 +83,7 @@ impl Scanned {
 
 /// Reads the whole tar stream `tar`, staging every regular entry.
 pub fn scan<R: Read>(tar: R, staging: &Staging) -> Result<Scanned, ArchiveError> {
-    let mut archive = tar::Archive::new(tar);
+    let mut archive = tar::Archive::new(super::guard::Guard::new(tar));
     let mut scanned = Scanned::default();
     let mut buf = vec![0u8; COPY_BUF];
     let mut last = String::from("(none: at the start)");
