@@ -115,6 +115,10 @@ impl<'a> Resolver<'a> {
                 source: e,
             }),
             Content::InStore { digest, .. } => Ok(self.store.read_json_blob(digest)?),
+            Content::Pending => Err(ArchiveError::BadBlob {
+                entry: entry.path.clone(),
+                why: "it was never synced".into(),
+            }),
             Content::Broken(why) => Err(ArchiveError::BadBlob {
                 entry: entry.path.clone(),
                 why: why.clone(),

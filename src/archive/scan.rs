@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
+use std::sync::mpsc::{self, SyncSender};
 
 use tracing::{debug, trace};
 
@@ -34,6 +35,8 @@ pub enum Content {
     Staged(StagedBlob),
     /// Already in the store under this digest, so only hashed.
     InStore { digest: Digest, size: u64 },
+    /// Written, being synced on the syncer thread.
+    Pending,
     /// Could not be decompressed; the reason, reported only if the entry
     /// turns out to be needed.
     Broken(String),
@@ -57,6 +60,7 @@ impl Entry {
             Content::Staged(blob) => Ok((blob.digest.clone(), blob.size)),
             Content::InStore { digest, size } => Ok((digest.clone(), *size)),
             Content::Broken(why) => Err(why.clone()),
+            Content::Pending => Err("not synced".into()),
         }
     }
 }
@@ -81,8 +85,46 @@ impl Scanned {
     }
 }
 
+/// Blobs waiting for their sync, at most: enough to keep the disk busy
+/// while the next entry is read and hashed.
+const SYNC_QUEUE: usize = 4;
+
 /// Reads the whole tar stream `tar`, staging every regular entry.
+///
+/// Each staged blob is synced on a second thread while the stream goes
+/// on, so the disk writes one blob while the next is read and hashed;
+/// syncing in line made a load wait for the disk once per blob.
 pub fn scan<R: Read>(tar: R, staging: &Staging) -> Result<Scanned, ArchiveError> {
+    std::thread::scope(|scope| {
+        let (queue, pending) = mpsc::sync_channel::<(usize, String, BlobWriter)>(SYNC_QUEUE);
+        let syncer = scope.spawn(move || {
+            let mut synced = Vec::new();
+            for (index, path, writer) in pending {
+                synced.push((index, writer.finish(&path, None)?));
+            }
+            Ok::<_, ArchiveError>(synced)
+        });
+        let scanned = scan_entries(tar, staging, &queue);
+        drop(queue);
+        let synced = syncer.join().expect("the syncer does not panic");
+
+        // A failed sync explains a failed send, so it is reported first.
+        let synced = synced?;
+        let mut scanned = scanned?;
+        for (index, blob) in synced {
+            if let Some(Some(entry)) = scanned.entries.get_mut(index) {
+                entry.content = Content::Staged(blob);
+            }
+        }
+        Ok(scanned)
+    })
+}
+
+fn scan_entries<R: Read>(
+    tar: R,
+    staging: &Staging,
+    queue: &SyncSender<(usize, String, BlobWriter)>,
+) -> Result<Scanned, ArchiveError> {
     let mut archive = tar::Archive::new(super::guard::Guard::new(tar));
     let mut scanned = Scanned::default();
     let mut buf = vec![0u8; COPY_BUF];
@@ -136,7 +178,16 @@ pub fn scan<R: Read>(tar: R, staging: &Staging) -> Result<Scanned, ArchiveError>
             return Err(ArchiveError::TooManyEntries(MAX_ENTRIES));
         }
         let size = entry.size();
-        let stored = read_entry(&mut entry, &path, size, staging, &mut buf)?;
+        let (stored, writer) = read_entry(&mut entry, &path, size, staging, &mut buf)?;
+        if let Some(writer) = writer {
+            let sent = queue.send((scanned.entries.len(), path.clone(), writer));
+            if sent.is_err() {
+                return Err(ArchiveError::Unsupported {
+                    entry: path,
+                    what: "the blob syncer stopped".into(),
+                });
+            }
+        }
         trace!(%path, raw = %stored.raw_digest, compression = %stored.compression, "entry");
         scanned.by_path.insert(path, scanned.entries.len());
         scanned.entries.push(Some(stored));
@@ -211,7 +262,7 @@ fn read_entry<R: Read>(
     size: u64,
     staging: &Staging,
     buf: &mut [u8],
-) -> Result<Entry, ArchiveError> {
+) -> Result<(Entry, Option<BlobWriter>), ArchiveError> {
     let mut tap = Tap {
         inner: entry,
         hasher: Hasher::new(),
@@ -268,25 +319,27 @@ fn read_entry<R: Read>(
         });
     }
 
-    let content = match (broken, sink) {
-        (Some(why), _) => Content::Broken(why),
+    let (content, writer) = match (broken, sink) {
+        (Some(why), _) => (Content::Broken(why), None),
         (None, Sink::Hash(hasher)) => {
             let (digest, size) = hasher.finish();
-            match known {
+            let content = match known {
                 Some(k) if k == digest => Content::InStore { digest, size },
                 Some(k) => Content::Broken(format!("its content is {digest}, its name says {k}")),
                 None => Content::Broken("not staged".into()),
-            }
+            };
+            (content, None)
         }
-        (None, Sink::Stage(writer)) => Content::Staged(writer.finish(path, None)?),
+        (None, Sink::Stage(writer)) => (Content::Pending, Some(writer)),
     };
-    Ok(Entry {
+    let entry = Entry {
         path: path.to_string(),
         raw_digest,
         raw_size,
         compression,
         content,
-    })
+    };
+    Ok((entry, writer))
 }
 
 /// Whether an error came from writing the staged blob (disk full, say)
