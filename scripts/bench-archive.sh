@@ -144,11 +144,16 @@ if [ "$HAVE_SKOPEO" = 1 ]; then
 fi
 measure "rimg save > /dev/null" "true" \
     "$RIMG --root $STORE --no-progress save $NAME > /dev/null"
+# /dev/null as stdout lets the kernel skip the copy (sendfile); a pipe
+# shows what a consumer on the other end gets.
+measure "rimg save | cat > /dev/null" "true" \
+    "$RIMG --root $STORE --no-progress save $NAME | cat > /dev/null"
 measure "rimg save -o file (synced)" "rm -f $WORK/saved.tar" \
     "$RIMG --root $STORE --no-progress save -o $WORK/saved.tar $NAME"
 rm -f "$WORK/saved.tar"
 if [ "$HAVE_DOCKER" = 1 ]; then
     measure "docker save > /dev/null" "true" "docker save $NAME > /dev/null"
+    measure "docker save | cat > /dev/null" "true" "docker save $NAME | cat > /dev/null"
 fi
 
 # ---------------------------------------------------------------------
@@ -173,6 +178,8 @@ for other in ("docker load", "skopeo copy docker-archive: oci:"):
         print(f"rimg load vs {other}: {t[other] / load:.2f}x faster")
 save = t["rimg save > /dev/null"]
 print(f"rimg save to /dev/null: {size / save / 1e9:.2f} GB/s (target >= 1)")
+piped = t["rimg save | cat > /dev/null"]
+print(f"rimg save through a pipe: {size / piped / 1e9:.2f} GB/s")
 if "docker save > /dev/null" in t:
     print(f"rimg save vs docker save: {t['docker save > /dev/null'] / save:.2f}x faster")
 EOF

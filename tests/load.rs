@@ -901,3 +901,30 @@ fn rejects_a_huge_tar_metadata_entry_before_reading_it() {
         ],
     );
 }
+
+#[test]
+fn blobs_already_in_the_store_are_checked_not_rewritten() {
+    let env = populated();
+    let saved = env.path("bb.tar");
+    env.ok(&["save", "-o", saved.to_str().unwrap(), "bb:1"]);
+    let bytes = std::fs::read(&saved).unwrap();
+    let before = env.snapshot();
+    assert_eq!(stdout(&load_bytes(&env, &bytes)), "Loaded image: bb:1\n");
+    assert_eq!(env.snapshot(), before);
+
+    // Bytes that differ from the name of a blob the store has.
+    let mut items = archives::parse(&bytes);
+    let path = format!("blobs/sha256/{}", &EDGE_DIFF_IDS[0][7..]);
+    let layer = find_mut(&mut items, &path);
+    layer.data[5000] ^= 1;
+    let actual = sha256(&layer.data);
+    assert_rejected(
+        &env,
+        &archives::write(&items),
+        &[
+            &path,
+            &actual,
+            &format!("its name says {}", EDGE_DIFF_IDS[0]),
+        ],
+    );
+}

@@ -126,6 +126,13 @@ impl<'a> Resolver<'a> {
         }
     }
 
+    fn raw_digest(&self, entry: &Entry) -> Result<Digest, ArchiveError> {
+        entry.raw_digest().map_err(|why| ArchiveError::BadBlob {
+            entry: entry.path.clone(),
+            why,
+        })
+    }
+
     fn parse<T: serde::de::DeserializeOwned>(&self, entry: &Entry) -> Result<T, ArchiveError> {
         let bytes = self.json_bytes(entry)?;
         serde_json::from_slice(&bytes).map_err(|e| ArchiveError::Json {
@@ -202,7 +209,7 @@ impl<'a> Resolver<'a> {
         });
         Ok(Plan {
             config_entry,
-            config_digest: config.raw_digest.clone(),
+            config_digest: self.raw_digest(config)?,
             config_size: config.raw_size,
             layers: checked,
             tags,
@@ -254,11 +261,12 @@ impl<'a> Resolver<'a> {
         desc: &Descriptor,
         entry: &Entry,
     ) -> Result<(), ArchiveError> {
-        if entry.raw_digest != desc.digest {
+        let raw_digest = self.raw_digest(entry)?;
+        if raw_digest != desc.digest {
             return Err(ArchiveError::DigestMismatch {
                 entry: entry.path.clone(),
                 expected: desc.digest.clone(),
-                actual: entry.raw_digest.clone(),
+                actual: raw_digest,
                 said_by: named_by.to_string(),
             });
         }

@@ -45,8 +45,10 @@ pub enum Content {
 /// A regular entry of the archive.
 pub struct Entry {
     pub path: String,
-    /// The digest and size of the bytes as they are in the archive.
-    pub raw_digest: Digest,
+    /// The digest of the bytes as they are in the archive, when they are
+    /// compressed; `None` when they are the content itself (hashed once).
+    raw_digest: Option<Digest>,
+    /// The size of the bytes as they are in the archive.
     pub raw_size: u64,
     /// How those bytes were compressed (`None`: stored as they are).
     pub compression: Compression,
@@ -54,6 +56,15 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// The digest of the bytes as they are in the archive (what an OCI
+    /// descriptor names).
+    pub fn raw_digest(&self) -> Result<Digest, String> {
+        match &self.raw_digest {
+            Some(digest) => Ok(digest.clone()),
+            None => self.content_digest().map(|(digest, _)| digest),
+        }
+    }
+
     /// Digest and size of the uncompressed content, when it is readable.
     pub fn content_digest(&self) -> Result<(Digest, u64), String> {
         match &self.content {
@@ -188,18 +199,21 @@ fn scan_entries<R: Read>(
                 });
             }
         }
-        trace!(%path, raw = %stored.raw_digest, compression = %stored.compression, "entry");
+        trace!(%path, size, compression = %stored.compression, "entry");
         scanned.by_path.insert(path, scanned.entries.len());
         scanned.entries.push(Some(stored));
     }
     Ok(scanned)
 }
 
-/// A reader that hashes what passes and remembers whether it failed, so a
-/// failure of the archive itself is told apart from a corrupt layer.
+/// A reader that counts what passes, hashes it while asked to, and
+/// remembers whether it failed, so a failure of the archive itself is told
+/// apart from a corrupt layer. Plain entries are hashed once, by the blob
+/// writer; only compressed ones need the digest of their bytes as well.
 struct Tap<R> {
     inner: R,
-    hasher: Hasher,
+    hasher: Option<Hasher>,
+    len: u64,
     failed: bool,
 }
 
@@ -207,7 +221,10 @@ impl<R: Read> Read for Tap<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self.inner.read(buf) {
             Ok(n) => {
-                self.hasher.update(&buf[..n]);
+                if let Some(hasher) = &mut self.hasher {
+                    hasher.update(&buf[..n]);
+                }
+                self.len += n as u64;
                 Ok(n)
             }
             Err(e) => {
@@ -265,7 +282,8 @@ fn read_entry<R: Read>(
 ) -> Result<(Entry, Option<BlobWriter>), ArchiveError> {
     let mut tap = Tap {
         inner: entry,
-        hasher: Hasher::new(),
+        hasher: Some(Hasher::new()),
+        len: 0,
         failed: false,
     };
     let (head, mut rest) =
@@ -280,6 +298,9 @@ fn read_entry<R: Read>(
             _ => Compression::None,
         }
     };
+    if compression == Compression::None {
+        rest.get_mut().1.hasher = None;
+    }
 
     // An OCI blob already in the store need not be written again: hash it
     // only. Compressed blobs are named by their compressed digest, which
@@ -310,7 +331,8 @@ fn read_entry<R: Read>(
         io::copy(&mut rest, &mut io::sink()).map_err(|e| ArchiveError::read(path, e))?;
     }
 
-    let (raw_digest, raw_size) = tap.hasher.finish();
+    let raw_size = tap.len;
+    let raw_digest = tap.hasher.map(|h| h.finish().0);
     if raw_size != size {
         return Err(ArchiveError::Truncated {
             entry: path.to_string(),
