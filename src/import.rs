@@ -31,7 +31,8 @@ use walk::{Feed, WalkError};
 use crate::compress::{self, Compression, OpenError};
 use crate::digest::Digest;
 use crate::image::{
-    Descriptor, History, ImageConfig, MEDIA_OCI_CONFIG, MEDIA_OCI_LAYER, Manifest, Platform, RootFs,
+    Descriptor, History, ImageConfig, MEDIA_OCI_CONFIG, MEDIA_OCI_LAYER, Manifest, Platform,
+    RootFs, RunConfig,
 };
 use crate::progress::{Progress, ReadProgress};
 use crate::reference::Reference;
@@ -41,6 +42,11 @@ use crate::store::{BlobWriter, NewImage, Store, StoreError};
 const CHUNK: usize = 1 << 20;
 /// Chunks in flight between them: bounds memory at about `CHUNK * (DEPTH+2)`.
 const DEPTH: usize = 4;
+/// How much is written between two background syncs of the layer file.
+/// Without them the final sync would write the whole layer to disk at the
+/// end, after everything else is done; with them, the disk works while
+/// the tarball is still being read.
+const SYNC_EVERY: u64 = 64 << 20;
 
 /// What went wrong in an import. Each variant names the source.
 #[derive(Debug, thiserror::Error)]
@@ -174,32 +180,11 @@ pub fn import(
     let layer_size = layer.size;
     staging.add(layer);
 
-    let created = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
     let comment = options
         .message
         .clone()
         .unwrap_or_else(|| format!("Imported from {name}"));
-    let mut config = ImageConfig {
-        created: Some(created.clone()),
-        architecture: platform.architecture.clone(),
-        os: platform.os.clone(),
-        variant: platform.variant.clone(),
-        config: (run_config != Default::default()).then_some(run_config),
-        rootfs: RootFs {
-            kind: "layers".into(),
-            diff_ids: vec![diff_id.clone()],
-        },
-        history: vec![History {
-            created: Some(created),
-            comment: Some(comment.clone()),
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    // Docker keeps the import message at the top level too; `inspect` shows
-    // it as `Comment`.
-    config.extra.insert("comment".into(), comment.into());
-    let config_bytes = serde_json::to_vec(&config).expect("a config always serialises");
+    let config_bytes = new_config(&platform, run_config, &diff_id, comment);
 
     let (config_digest, config_size) = staging.put_bytes(&config_bytes)?;
     let manifest = Manifest::new(
@@ -225,6 +210,37 @@ pub fn import(
         layer_size,
         compression,
     })
+}
+
+/// The config of a freshly imported image, as bytes (its digest is the ID).
+fn new_config(
+    platform: &Platform,
+    run_config: RunConfig,
+    diff_id: &Digest,
+    comment: String,
+) -> Vec<u8> {
+    let created = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+    let mut config = ImageConfig {
+        created: Some(created.clone()),
+        architecture: platform.architecture.clone(),
+        os: platform.os.clone(),
+        variant: platform.variant.clone(),
+        config: (run_config != RunConfig::default()).then_some(run_config),
+        rootfs: RootFs {
+            kind: "layers".into(),
+            diff_ids: vec![diff_id.clone()],
+        },
+        history: vec![History {
+            created: Some(created),
+            comment: Some(comment.clone()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    // Docker keeps the import message at the top level too; `inspect` shows
+    // it as `Comment`.
+    config.extra.insert("comment".into(), comment.into());
+    serde_json::to_vec(&config).expect("a config always serialises")
 }
 
 /// `OS/ARCH[/VARIANT]`, with the usual aliases normalised as Docker does.
@@ -317,15 +333,14 @@ fn download(url: &str) -> Result<(SourceReader, Option<u64>), ImportError> {
     let body = response.into_body();
     let len = body.content_length();
     let reader = UrlReader {
-        url: url.to_string(),
         inner: body.into_reader(),
     };
     Ok((Box::new(reader), len))
 }
 
-/// A download body whose errors say which URL broke.
+/// A download body whose errors say it was the download that broke (the
+/// error around it names the URL).
 struct UrlReader {
-    url: String,
     inner: ureq::BodyReader<'static>,
 }
 
@@ -333,7 +348,7 @@ impl Read for UrlReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.inner
             .read(buf)
-            .map_err(|e| io::Error::new(e.kind(), format!("downloading {}: {e}", self.url)))
+            .map_err(|e| io::Error::new(e.kind(), format!("the download broke off: {e}")))
     }
 }
 
@@ -363,8 +378,19 @@ fn store_layer<R: Read + Send>(
 
     let (chunks_tx, chunks_rx) = sync_channel(DEPTH);
     let (spare_tx, spare_rx) = channel();
+    let (sync_tx, sync_rx) = sync_channel::<()>(1);
+    let sync_file = writer.sync_handle().map_err(|error| ImportError::Write {
+        source_name: name.to_string(),
+        error,
+    })?;
     std::thread::scope(|scope| {
         scope.spawn(move || produce(tar, compression, name, chunks_tx, spare_rx));
+        scope.spawn(move || {
+            // Errors are left for the final sync, which reports them.
+            for () in sync_rx {
+                let _ = sync_file.sync_data();
+            }
+        });
         let mut feed = ChunkFeed {
             chunks: chunks_rx,
             spare: spare_tx,
@@ -373,12 +399,21 @@ fn store_layer<R: Read + Send>(
             offset: 0,
             writer,
             name,
+            sync: sync_tx,
+            unsynced: 0,
         };
         let outcome = walk::walk(&mut feed);
         // Dropping the receiver stops the reading thread if it is still
-        // going (an error here); the scope then joins it.
-        let ChunkFeed { writer, chunks, .. } = feed;
+        // going (an error here), dropping the sender ends the syncing
+        // thread; the scope then joins both.
+        let ChunkFeed {
+            writer,
+            chunks,
+            sync,
+            ..
+        } = feed;
         drop(chunks);
+        drop(sync);
         match outcome {
             Ok(summary) => {
                 tracing::debug!(members = summary.members, "tar checked");
@@ -444,6 +479,9 @@ struct ChunkFeed<'a> {
     offset: u64,
     writer: BlobWriter,
     name: &'a str,
+    /// Asks the syncing thread to sync what is written so far.
+    sync: SyncSender<()>,
+    unsynced: u64,
 }
 
 impl ChunkFeed<'_> {
@@ -457,12 +495,18 @@ impl ChunkFeed<'_> {
             Ok(Msg::Failed(e)) => return Err(e),
             Err(_) => return Ok(false),
         };
-        self.writer
-            .write_all(&next)
-            .map_err(|error| ImportError::Write {
-                source_name: self.name.to_string(),
-                error,
-            })?;
+        let write_err = |error| ImportError::Write {
+            source_name: self.name.to_string(),
+            error,
+        };
+        self.writer.write_all(&next).map_err(write_err)?;
+        self.unsynced += next.len() as u64;
+        if self.unsynced >= SYNC_EVERY {
+            // A sync already under way is enough; this one is skipped then.
+            self.writer.flush().map_err(write_err)?;
+            let _ = self.sync.try_send(());
+            self.unsynced = 0;
+        }
         let done = std::mem::replace(&mut self.chunk, next);
         let _ = self.spare.send(done);
         self.pos = 0;
@@ -511,5 +555,46 @@ impl Feed for ChunkFeed<'_> {
 
     fn drain(&mut self) -> Result<(), ImportError> {
         self.skip(u64::MAX).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_by_their_look() {
+        assert_eq!(Source::parse("-"), Source::Stdin);
+        assert_eq!(
+            Source::parse("HTTPS://example.com/r.tar"),
+            Source::Url("HTTPS://example.com/r.tar".into())
+        );
+        assert_eq!(
+            Source::parse("./http:x.tar"),
+            Source::File("./http:x.tar".into())
+        );
+    }
+
+    #[test]
+    fn platforms_normalise_like_docker() {
+        let p = parse_platform(Some("linux/x86_64")).unwrap();
+        assert_eq!((p.os.as_str(), p.architecture.as_str()), ("linux", "amd64"));
+        let p = parse_platform(Some("linux/armhf")).unwrap();
+        assert_eq!(
+            (p.architecture.as_str(), p.variant.as_deref()),
+            ("arm", Some("v7"))
+        );
+        let p = parse_platform(Some("windows/amd64")).unwrap();
+        assert_eq!(p.os, "windows");
+        for bad in [
+            "linux",
+            "linux/",
+            "/amd64",
+            "linux/amd64/v8/x",
+            "linux/am d64",
+        ] {
+            assert!(parse_platform(Some(bad)).is_err(), "{bad}");
+        }
+        assert!(parse_platform(None).is_ok());
     }
 }

@@ -389,6 +389,18 @@ fn tag_and_prune_through_the_image_group() {
     let err = env.fails(&["tag", "bb:1", "UPPER:1"]);
     assert!(err.contains("invalid reference"), "{err}");
 
+    // import is in the group too.
+    let layer = env.path("busybox.tar");
+    let again = env.ok(&[
+        "image",
+        "import",
+        "-m",
+        "again",
+        layer.to_str().unwrap(),
+        "g:1",
+    ]);
+    assert_eq!(env.inspect("g:1")["Id"], again.trim());
+
     // Nothing to prune in a consistent store.
     let out = env.ok(&["image", "prune"]);
     assert!(out.contains("Deleted 0 blobs and 0 leftovers"), "{out}");

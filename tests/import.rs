@@ -455,6 +455,7 @@ fn url_import_from_a_loopback_server() {
         env.cmd(&["import", &format!("{base}/short/rootfs.tar.gz"), "x:1"]),
     );
     assert!(err.contains("/short/rootfs.tar.gz"), "{err}");
+    assert!(err.contains("the download broke off"), "{err}");
 
     // Nothing listens on this port once the listener is dropped.
     let closed = TcpListener::bind("127.0.0.1:0")

@@ -877,3 +877,54 @@ fn rejects_a_corrupt_compressed_layer() {
         &[&new_path, "zstd stream is corrupt"],
     );
 }
+
+#[test]
+fn rejects_a_huge_tar_metadata_entry_before_reading_it() {
+    let env = populated();
+    // A GNU long-name header declaring 5 GiB: the tar crate would read it
+    // whole into memory; the load must fail at the header instead.
+    let mut bytes = archives::write(&edge_items()[..3]);
+    bytes.truncate(bytes.len() - 1024);
+    let mut header = tar::Header::new_gnu();
+    header.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+    header.set_entry_type(tar::EntryType::GNULongName);
+    header.set_size(5 << 30);
+    header.set_cksum();
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(&[b'a'; 4096]);
+    assert_rejected(
+        &env,
+        &bytes,
+        &[
+            "truncated or damaged after entry",
+            "more than the 1048576 allowed",
+        ],
+    );
+}
+
+#[test]
+fn blobs_already_in_the_store_are_checked_not_rewritten() {
+    let env = populated();
+    let saved = env.path("bb.tar");
+    env.ok(&["save", "-o", saved.to_str().unwrap(), "bb:1"]);
+    let bytes = std::fs::read(&saved).unwrap();
+    let before = env.snapshot();
+    assert_eq!(stdout(&load_bytes(&env, &bytes)), "Loaded image: bb:1\n");
+    assert_eq!(env.snapshot(), before);
+
+    // Bytes that differ from the name of a blob the store has.
+    let mut items = archives::parse(&bytes);
+    let path = format!("blobs/sha256/{}", &EDGE_DIFF_IDS[0][7..]);
+    let layer = find_mut(&mut items, &path);
+    layer.data[5000] ^= 1;
+    let actual = sha256(&layer.data);
+    assert_rejected(
+        &env,
+        &archives::write(&items),
+        &[
+            &path,
+            &actual,
+            &format!("its name says {}", EDGE_DIFF_IDS[0]),
+        ],
+    );
+}

@@ -8,6 +8,7 @@
 //! staging area, so a failed load leaves the store exactly as it was: no
 //! blob, no tag, no untagged image.
 
+mod guard;
 mod paths;
 mod resolve;
 mod scan;

@@ -115,11 +115,22 @@ impl<'a> Resolver<'a> {
                 source: e,
             }),
             Content::InStore { digest, .. } => Ok(self.store.read_json_blob(digest)?),
+            Content::Pending => Err(ArchiveError::BadBlob {
+                entry: entry.path.clone(),
+                why: "it was never synced".into(),
+            }),
             Content::Broken(why) => Err(ArchiveError::BadBlob {
                 entry: entry.path.clone(),
                 why: why.clone(),
             }),
         }
+    }
+
+    fn raw_digest(&self, entry: &Entry) -> Result<Digest, ArchiveError> {
+        entry.raw_digest().map_err(|why| ArchiveError::BadBlob {
+            entry: entry.path.clone(),
+            why,
+        })
     }
 
     fn parse<T: serde::de::DeserializeOwned>(&self, entry: &Entry) -> Result<T, ArchiveError> {
@@ -198,7 +209,7 @@ impl<'a> Resolver<'a> {
         });
         Ok(Plan {
             config_entry,
-            config_digest: config.raw_digest.clone(),
+            config_digest: self.raw_digest(config)?,
             config_size: config.raw_size,
             layers: checked,
             tags,
@@ -250,11 +261,12 @@ impl<'a> Resolver<'a> {
         desc: &Descriptor,
         entry: &Entry,
     ) -> Result<(), ArchiveError> {
-        if entry.raw_digest != desc.digest {
+        let raw_digest = self.raw_digest(entry)?;
+        if raw_digest != desc.digest {
             return Err(ArchiveError::DigestMismatch {
                 entry: entry.path.clone(),
                 expected: desc.digest.clone(),
-                actual: entry.raw_digest.clone(),
+                actual: raw_digest,
                 said_by: named_by.to_string(),
             });
         }

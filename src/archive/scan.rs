@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
+use std::sync::mpsc::{self, SyncSender};
 
 use tracing::{debug, trace};
 
@@ -34,6 +35,8 @@ pub enum Content {
     Staged(StagedBlob),
     /// Already in the store under this digest, so only hashed.
     InStore { digest: Digest, size: u64 },
+    /// Written, being synced on the syncer thread.
+    Pending,
     /// Could not be decompressed; the reason, reported only if the entry
     /// turns out to be needed.
     Broken(String),
@@ -42,8 +45,10 @@ pub enum Content {
 /// A regular entry of the archive.
 pub struct Entry {
     pub path: String,
-    /// The digest and size of the bytes as they are in the archive.
-    pub raw_digest: Digest,
+    /// The digest of the bytes as they are in the archive, when they are
+    /// compressed; `None` when they are the content itself (hashed once).
+    raw_digest: Option<Digest>,
+    /// The size of the bytes as they are in the archive.
     pub raw_size: u64,
     /// How those bytes were compressed (`None`: stored as they are).
     pub compression: Compression,
@@ -51,12 +56,22 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// The digest of the bytes as they are in the archive (what an OCI
+    /// descriptor names).
+    pub fn raw_digest(&self) -> Result<Digest, String> {
+        match &self.raw_digest {
+            Some(digest) => Ok(digest.clone()),
+            None => self.content_digest().map(|(digest, _)| digest),
+        }
+    }
+
     /// Digest and size of the uncompressed content, when it is readable.
     pub fn content_digest(&self) -> Result<(Digest, u64), String> {
         match &self.content {
             Content::Staged(blob) => Ok((blob.digest.clone(), blob.size)),
             Content::InStore { digest, size } => Ok((digest.clone(), *size)),
             Content::Broken(why) => Err(why.clone()),
+            Content::Pending => Err("not synced".into()),
         }
     }
 }
@@ -81,9 +96,47 @@ impl Scanned {
     }
 }
 
+/// Blobs waiting for their sync, at most: enough to keep the disk busy
+/// while the next entry is read and hashed.
+const SYNC_QUEUE: usize = 4;
+
 /// Reads the whole tar stream `tar`, staging every regular entry.
+///
+/// Each staged blob is synced on a second thread while the stream goes
+/// on, so the disk writes one blob while the next is read and hashed;
+/// syncing in line made a load wait for the disk once per blob.
 pub fn scan<R: Read>(tar: R, staging: &Staging) -> Result<Scanned, ArchiveError> {
-    let mut archive = tar::Archive::new(tar);
+    std::thread::scope(|scope| {
+        let (queue, pending) = mpsc::sync_channel::<(usize, String, BlobWriter)>(SYNC_QUEUE);
+        let syncer = scope.spawn(move || {
+            let mut synced = Vec::new();
+            for (index, path, writer) in pending {
+                synced.push((index, writer.finish(&path, None)?));
+            }
+            Ok::<_, ArchiveError>(synced)
+        });
+        let scanned = scan_entries(tar, staging, &queue);
+        drop(queue);
+        let synced = syncer.join().expect("the syncer does not panic");
+
+        // A failed sync explains a failed send, so it is reported first.
+        let synced = synced?;
+        let mut scanned = scanned?;
+        for (index, blob) in synced {
+            if let Some(Some(entry)) = scanned.entries.get_mut(index) {
+                entry.content = Content::Staged(blob);
+            }
+        }
+        Ok(scanned)
+    })
+}
+
+fn scan_entries<R: Read>(
+    tar: R,
+    staging: &Staging,
+    queue: &SyncSender<(usize, String, BlobWriter)>,
+) -> Result<Scanned, ArchiveError> {
+    let mut archive = tar::Archive::new(super::guard::Guard::new(tar));
     let mut scanned = Scanned::default();
     let mut buf = vec![0u8; COPY_BUF];
     let mut last = String::from("(none: at the start)");
@@ -136,19 +189,31 @@ pub fn scan<R: Read>(tar: R, staging: &Staging) -> Result<Scanned, ArchiveError>
             return Err(ArchiveError::TooManyEntries(MAX_ENTRIES));
         }
         let size = entry.size();
-        let stored = read_entry(&mut entry, &path, size, staging, &mut buf)?;
-        trace!(%path, raw = %stored.raw_digest, compression = %stored.compression, "entry");
+        let (stored, writer) = read_entry(&mut entry, &path, size, staging, &mut buf)?;
+        if let Some(writer) = writer {
+            let sent = queue.send((scanned.entries.len(), path.clone(), writer));
+            if sent.is_err() {
+                return Err(ArchiveError::Unsupported {
+                    entry: path,
+                    what: "the blob syncer stopped".into(),
+                });
+            }
+        }
+        trace!(%path, size, compression = %stored.compression, "entry");
         scanned.by_path.insert(path, scanned.entries.len());
         scanned.entries.push(Some(stored));
     }
     Ok(scanned)
 }
 
-/// A reader that hashes what passes and remembers whether it failed, so a
-/// failure of the archive itself is told apart from a corrupt layer.
+/// A reader that counts what passes, hashes it while asked to, and
+/// remembers whether it failed, so a failure of the archive itself is told
+/// apart from a corrupt layer. Plain entries are hashed once, by the blob
+/// writer; only compressed ones need the digest of their bytes as well.
 struct Tap<R> {
     inner: R,
-    hasher: Hasher,
+    hasher: Option<Hasher>,
+    len: u64,
     failed: bool,
 }
 
@@ -156,7 +221,10 @@ impl<R: Read> Read for Tap<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self.inner.read(buf) {
             Ok(n) => {
-                self.hasher.update(&buf[..n]);
+                if let Some(hasher) = &mut self.hasher {
+                    hasher.update(&buf[..n]);
+                }
+                self.len += n as u64;
                 Ok(n)
             }
             Err(e) => {
@@ -211,10 +279,11 @@ fn read_entry<R: Read>(
     size: u64,
     staging: &Staging,
     buf: &mut [u8],
-) -> Result<Entry, ArchiveError> {
+) -> Result<(Entry, Option<BlobWriter>), ArchiveError> {
     let mut tap = Tap {
         inner: entry,
-        hasher: Hasher::new(),
+        hasher: Some(Hasher::new()),
+        len: 0,
         failed: false,
     };
     let (head, mut rest) =
@@ -229,6 +298,9 @@ fn read_entry<R: Read>(
             _ => Compression::None,
         }
     };
+    if compression == Compression::None {
+        rest.get_mut().1.hasher = None;
+    }
 
     // An OCI blob already in the store need not be written again: hash it
     // only. Compressed blobs are named by their compressed digest, which
@@ -259,7 +331,8 @@ fn read_entry<R: Read>(
         io::copy(&mut rest, &mut io::sink()).map_err(|e| ArchiveError::read(path, e))?;
     }
 
-    let (raw_digest, raw_size) = tap.hasher.finish();
+    let raw_size = tap.len;
+    let raw_digest = tap.hasher.map(|h| h.finish().0);
     if raw_size != size {
         return Err(ArchiveError::Truncated {
             entry: path.to_string(),
@@ -268,25 +341,27 @@ fn read_entry<R: Read>(
         });
     }
 
-    let content = match (broken, sink) {
-        (Some(why), _) => Content::Broken(why),
+    let (content, writer) = match (broken, sink) {
+        (Some(why), _) => (Content::Broken(why), None),
         (None, Sink::Hash(hasher)) => {
             let (digest, size) = hasher.finish();
-            match known {
+            let content = match known {
                 Some(k) if k == digest => Content::InStore { digest, size },
                 Some(k) => Content::Broken(format!("its content is {digest}, its name says {k}")),
                 None => Content::Broken("not staged".into()),
-            }
+            };
+            (content, None)
         }
-        (None, Sink::Stage(writer)) => Content::Staged(writer.finish(path, None)?),
+        (None, Sink::Stage(writer)) => (Content::Pending, Some(writer)),
     };
-    Ok(Entry {
+    let entry = Entry {
         path: path.to_string(),
         raw_digest,
         raw_size,
         compression,
         content,
-    })
+    };
+    Ok((entry, writer))
 }
 
 /// Whether an error came from writing the staged blob (disk full, say)

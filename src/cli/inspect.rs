@@ -39,33 +39,59 @@ pub fn run(args: Args, ctx: &Context) -> Result<()> {
     Err(Exit(1).into())
 }
 
-/// The run config with every field Docker always prints, then whatever the
-/// image's config holds (unknown fields included).
+/// The run config in Docker's field order: the fields Docker always
+/// prints (with their empty values when the image has none), the optional
+/// ones when present, then any field Docker does not know, as it is.
 fn run_config(config: Option<&Value>) -> Value {
+    // Each field with its empty value as JSON text, or `None` when Docker
+    // leaves the field out unless it is set.
+    const ORDER: [(&str, Option<&str>); 25] = [
+        ("Hostname", Some(r#""""#)),
+        ("Domainname", Some(r#""""#)),
+        ("User", Some(r#""""#)),
+        ("AttachStdin", Some("false")),
+        ("AttachStdout", Some("false")),
+        ("AttachStderr", Some("false")),
+        ("ExposedPorts", None),
+        ("Tty", Some("false")),
+        ("OpenStdin", Some("false")),
+        ("StdinOnce", Some("false")),
+        ("Env", Some("null")),
+        ("Cmd", Some("null")),
+        ("Healthcheck", None),
+        ("ArgsEscaped", None),
+        ("Image", Some(r#""""#)),
+        ("Volumes", Some("null")),
+        ("WorkingDir", Some(r#""""#)),
+        ("Entrypoint", Some("null")),
+        ("NetworkDisabled", None),
+        ("MacAddress", None),
+        ("OnBuild", Some("null")),
+        ("Labels", Some("null")),
+        ("StopSignal", None),
+        ("StopTimeout", None),
+        ("Shell", None),
+    ];
+    let empty = Map::new();
+    let own = match config {
+        Some(Value::Object(own)) => own,
+        _ => &empty,
+    };
     let mut fields = Map::new();
-    for (key, value) in [
-        ("Hostname", json!("")),
-        ("Domainname", json!("")),
-        ("User", json!("")),
-        ("AttachStdin", json!(false)),
-        ("AttachStdout", json!(false)),
-        ("AttachStderr", json!(false)),
-        ("Tty", json!(false)),
-        ("OpenStdin", json!(false)),
-        ("StdinOnce", json!(false)),
-        ("Env", Value::Null),
-        ("Cmd", Value::Null),
-        ("Image", json!("")),
-        ("Volumes", Value::Null),
-        ("WorkingDir", json!("")),
-        ("Entrypoint", Value::Null),
-        ("OnBuild", Value::Null),
-        ("Labels", Value::Null),
-    ] {
-        fields.insert(key.into(), value);
+    for (key, default) in ORDER {
+        match (own.get(key), default) {
+            (Some(value), _) => {
+                fields.insert(key.into(), value.clone());
+            }
+            (None, Some(empty)) => {
+                let empty = serde_json::from_str(empty).expect("the empty values are JSON");
+                fields.insert(key.into(), empty);
+            }
+            (None, None) => {}
+        }
     }
-    if let Some(Value::Object(own)) = config {
-        for (key, value) in own {
+    for (key, value) in own {
+        if !fields.contains_key(key) {
             fields.insert(key.clone(), value.clone());
         }
     }

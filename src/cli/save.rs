@@ -170,11 +170,20 @@ fn write<W: Write>(
         .sum();
     let progress = ctx.progress();
     let bar = progress.bytes("saving", Some(total));
-    let encoder = Encoder::new(BufWriter::with_capacity(1 << 20, out), compression)?;
-    let encoder = rimg::archive::save(store, images, encoder, |n| bar.inc(n))?;
-    let out = encoder
-        .finish()
-        .and_then(|w| w.into_inner().map_err(|e| e.into_error()))
+    let out = BufWriter::with_capacity(1 << 20, out);
+    // Uncompressed, the writer stays a plain BufWriter over a file or a
+    // pipe, which lets std::io::copy hand blob copies to the kernel.
+    let out = if compression == Compression::None {
+        rimg::archive::save(store, images, out, |n| bar.inc(n))?
+    } else {
+        let encoder = Encoder::new(out, compression)?;
+        rimg::archive::save(store, images, encoder, |n| bar.inc(n))?
+            .finish()
+            .context("finishing the compressed stream")?
+    };
+    let out = out
+        .into_inner()
+        .map_err(|e| e.into_error())
         .context("finishing the archive")?;
     bar.finish("done");
     Ok(out)

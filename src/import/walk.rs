@@ -164,6 +164,20 @@ impl State {
         let header_size = header
             .entry_size()
             .map_err(|e| fail(self, format!("bad size field: {e}")))?;
+        // Go's reader refuses a header whose numbers do not parse, so a
+        // layer with one would import here and fail to unpack later.
+        let fields = [
+            ("mode", 100..108),
+            ("uid", 108..116),
+            ("gid", 116..124),
+            ("mtime", 136..148),
+        ];
+        if let Some((field, _)) = fields
+            .iter()
+            .find(|(_, range)| !is_number(&header.as_bytes()[range.clone()]))
+        {
+            return Err(fail(self, format!("bad {field} field")));
+        }
 
         let kind = header.entry_type();
         let is_extension = matches!(
@@ -339,6 +353,17 @@ fn has_data(kind: EntryType) -> bool {
     )
 }
 
+/// A numeric header field as Go reads it: base-256 when the high bit is
+/// set, else octal digits between optional spaces and NULs (empty is 0).
+fn is_number(field: &[u8]) -> bool {
+    if field.first().is_some_and(|&b| b & 0x80 != 0) {
+        return true;
+    }
+    let text = field.iter().map(|&b| b as char).collect::<String>();
+    let text = text.trim_matches(|c| c == ' ' || c == '\0');
+    text.bytes().all(|b| (b'0'..=b'7').contains(&b))
+}
+
 fn padding(len: u64) -> u64 {
     (BLOCK - len % BLOCK) % BLOCK
 }
@@ -492,6 +517,18 @@ mod tests {
         let mut bytes = header.as_bytes().to_vec();
         bytes.extend(archive(|b| file(b, "after", b"x")));
         assert_eq!(run(&bytes).unwrap().members, 2);
+    }
+
+    #[test]
+    fn names_a_field_that_is_not_a_number() {
+        let mut bytes = archive(|b| file(b, "a.txt", b"hello"));
+        bytes[108..116].copy_from_slice(b"zz\0\0\0\0\0\0"); // uid
+        let header = Header::from_byte_slice(&bytes[..512]);
+        let fixed = checksum(header.as_bytes());
+        bytes[148..156].copy_from_slice(format!("{fixed:06o}\0 ").as_bytes());
+        let err = run(&bytes).unwrap_err();
+        assert_eq!(err.reason, "bad uid field");
+        assert_eq!(err.path.as_deref(), Some("a.txt"));
     }
 
     #[test]

@@ -52,6 +52,13 @@ impl BlobWriter {
         self.hasher.is_empty()
     }
 
+    /// Another handle on the temporary file, for a thread that syncs what
+    /// has been written so far while writing goes on (so that the final
+    /// sync in [`finish`](Self::finish) has little left to do).
+    pub fn sync_handle(&self) -> io::Result<File> {
+        self.file.get_ref().as_file().try_clone()
+    }
+
     /// Syncs the blob and checks it against `expected`, when one is given.
     /// A mismatch deletes the temporary file.
     pub fn finish(self, what: &str, expected: Option<&Digest>) -> Result<StagedBlob> {
