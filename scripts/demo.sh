@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The main job on a real example, on this machine: two image stores, a
+# receiver listening on loopback that admits only the sender it trusts,
+# and three pushes: a cold one, one that shares a layer, one with nothing
+# left to send.
+#
+#   bash scripts/demo.sh
+#
+# Installs what it needs (scripts/setup.sh), builds rimg, and works in a
+# temporary directory that it removes at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+cargo build --release --quiet
+rimg="$PWD/target/release/rimg"
+corpus="$PWD/../shared/corpus/real"
+
+work=$(mktemp -d)
+listener=""
+cleanup() {
+  [ -n "$listener" ] && kill "$listener" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Two nodes: a sender (A) and a receiver (B), each with its own store and
+# identity directory.
+a() { RIMG_CONFIG="$work/a/config" "$rimg" --root "$work/a/store" "$@"; }
+b() { RIMG_CONFIG="$work/b/config" "$rimg" --root "$work/b/store" "$@"; }
+
+step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
+
+step "rimg load -i d20-edge.tar; rimg load -i d20-busybox.tar   (on A)"
+if [ -f "$corpus/d20-edge.tar" ]; then
+  a load -i "$corpus/d20-edge.tar"
+  a load -i "$corpus/d20-busybox.tar"
+  first=edge:1 second=bb:1
+else
+  # No corpus here: two images made from this machine's own files.
+  tar -C / -cf "$work/base.tar" usr/share/doc
+  tar -C / -cf "$work/top.tar" etc 2>/dev/null || true
+  a import "$work/base.tar" demo-base:1 >/dev/null
+  a import "$work/top.tar" demo-top:1 >/dev/null
+  first=demo-base:1 second=demo-top:1
+fi
+a images
+
+step "rimg id   (on A)  →  rimg trust add --name A FINGERPRINT   (on B)"
+fingerprint=$(a id)
+echo "$fingerprint"
+b trust add --name A "$fingerprint"
+
+port=$(( 20000 + RANDOM % 20000 ))
+step "rimg listen --addr 127.0.0.1:$port   (on B, in the background)"
+b listen --addr "127.0.0.1:$port" --no-progress 2>"$work/listen.log" &
+listener=$!
+sleep 1
+
+step "rimg push-peer --accept-new $first 127.0.0.1:$port   (on A)"
+a push-peer --accept-new "$first" "127.0.0.1:$port"
+
+step "rimg push-peer $second 127.0.0.1:$port   (the shared layer is skipped)"
+a push-peer "$second" "127.0.0.1:$port"
+
+step "rimg push-peer --json $first 127.0.0.1:$port   (nothing left to send)"
+a push-peer --json --no-progress "$first" "127.0.0.1:$port" | tail -n 1
+
+step "rimg images; rimg check   (on B)"
+b images
+b check
+
+step "what the listener logged"
+cat "$work/listen.log"
