@@ -107,6 +107,12 @@ pub fn walk<F: Feed>(feed: &mut F) -> Result<Summary, WalkError<F::Error>> {
             ));
         }
         if header.as_bytes().iter().all(|&b| b == 0) {
+            if state.pending {
+                return Err(state.error(
+                    None,
+                    "the archive ends after an extension header, before the member it describes",
+                ));
+            }
             state.offset += BLOCK;
             break;
         }
@@ -130,6 +136,8 @@ struct State {
     /// From a PAX extension entry, for the next member.
     pax_path: Option<String>,
     pax_size: Option<u64>,
+    /// A long name, long link or PAX header waits for its member.
+    pending: bool,
 }
 
 impl State {
@@ -208,6 +216,7 @@ impl State {
             self.read_data(feed, &mut data, &path)?;
             self.extension(kind, &data)
                 .map_err(|reason| fail(self, reason))?;
+            self.pending |= kind != EntryType::XGlobalHeader;
             self.entry += 1;
             return Ok(());
         }
@@ -219,6 +228,7 @@ impl State {
         self.skip_data(feed, data_len, &path)?;
         self.long_name = None;
         self.pax_path = None;
+        self.pending = false;
         self.members += 1;
         self.entry += 1;
         Ok(())
@@ -529,6 +539,19 @@ mod tests {
         let err = run(&bytes).unwrap_err();
         assert_eq!(err.reason, "bad uid field");
         assert_eq!(err.path.as_deref(), Some("a.txt"));
+    }
+
+    #[test]
+    fn an_extension_header_needs_a_member() {
+        let mut header = Header::new_gnu();
+        header.set_entry_type(EntryType::GNULongName);
+        header.set_size(4);
+        header.set_cksum();
+        let mut bytes = header.as_bytes().to_vec();
+        bytes.extend_from_slice(b"name");
+        bytes.resize(1024 + 1024, 0);
+        let err = run(&bytes).unwrap_err();
+        assert!(err.reason.contains("before the member"), "{err}");
     }
 
     #[test]
