@@ -145,8 +145,13 @@ impl Bar {
     }
 
     /// Ends the bar with a final word (`done`, `already present`, ...).
+    /// The amount shown is what went through the bar, or, for an item that
+    /// moved nothing (a blob already present), its size.
     pub fn finish(&self, word: &str) {
-        let pos = self.position();
+        let pos = match self.position() {
+            0 => self.total.unwrap_or(0),
+            moved => moved,
+        };
         match &self.bar {
             Some(bar) => {
                 bar.set_style(
