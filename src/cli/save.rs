@@ -44,22 +44,10 @@ pub fn run(args: Args, ctx: &Context) -> Result<()> {
     }
     let store = ctx.store()?;
     let images = select(&store, &args.images)?;
-
-    match &args.output {
-        Some(path) => to_file(&store, &images, compression, path, ctx),
-        None => {
-            let stdout = io::stdout();
-            if stdout.is_terminal() {
-                return Err(Hinted {
-                    message: "refusing to write an archive to a terminal".into(),
-                    hint: "use -o FILE or redirect stdout".into(),
-                }
-                .into());
-            }
-            let _stdout = write(&store, &images, compression, stdout.lock(), ctx)?;
-            Ok(())
-        }
-    }
+    emit(args.output.as_deref(), |out| {
+        write(&store, &images, compression, out, ctx)?;
+        Ok(())
+    })
 }
 
 /// `rimg save docker-daemon:NAME...`: the engine's own export, streamed
@@ -83,7 +71,7 @@ fn from_engine(args: &Args, compression: Compression, ctx: &Context) -> Result<(
 
     let progress = ctx.progress();
     let bar = progress.bytes("reading export", None);
-    let mut copy = |out: &mut dyn Write| -> Result<()> {
+    emit(args.output.as_deref(), |out| {
         let mut encoder = Encoder::new(BufWriter::with_capacity(1 << 20, out), compression)?;
         let mut reader = rimg::progress::ReadProgress {
             inner: &mut export,
@@ -92,29 +80,7 @@ fn from_engine(args: &Args, compression: Compression, ctx: &Context) -> Result<(
         io::copy(&mut reader, &mut encoder).context("copying the Docker Engine's export")?;
         encoder.finish()?.flush().context("finishing the archive")?;
         Ok(())
-    };
-    match &args.output {
-        Some(path) => {
-            let (mut file, temp_path) = temp_beside(path)?.into_parts();
-            copy(&mut file)?;
-            file.sync_all()
-                .with_context(|| format!("syncing {}", temp_path.display()))?;
-            temp_path
-                .persist(path)
-                .with_context(|| format!("renaming the archive to {}", path.display()))?;
-        }
-        None => {
-            let stdout = io::stdout();
-            if stdout.is_terminal() {
-                return Err(Hinted {
-                    message: "refusing to write an archive to a terminal".into(),
-                    hint: "use -o FILE or redirect stdout".into(),
-                }
-                .into());
-            }
-            copy(&mut stdout.lock())?;
-        }
-    }
+    })?;
     bar.finish("done");
     Ok(())
 }
@@ -189,15 +155,22 @@ fn write<W: Write>(
     Ok(out)
 }
 
-fn to_file(
-    store: &Store,
-    images: &[SaveImage],
-    compression: Compression,
-    path: &Path,
-    ctx: &Context,
-) -> Result<()> {
-    let (file, temp_path) = temp_beside(path)?.into_parts();
-    let file = write(store, images, compression, file, ctx)?;
+/// Sends what `write` produces to FILE, through a temporary file renamed
+/// over it only once complete, or to stdout, which must not be a terminal.
+fn emit(output: Option<&Path>, write: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
+    let Some(path) = output else {
+        let stdout = io::stdout();
+        if stdout.is_terminal() {
+            return Err(Hinted {
+                message: "refusing to write an archive to a terminal".into(),
+                hint: "use -o FILE or redirect stdout".into(),
+            }
+            .into());
+        }
+        return write(&mut stdout.lock());
+    };
+    let (mut file, temp_path) = temp_beside(path)?.into_parts();
+    write(&mut file)?;
     file.sync_all()
         .with_context(|| format!("syncing {}", temp_path.display()))?;
     temp_path
