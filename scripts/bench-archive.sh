@@ -123,7 +123,7 @@ measure() {
             best=$secs; rss=$kb
         fi
     done
-    echo "$label|$best|$rss" >> "$RESULTS"
+    printf '%s\t%s\t%s\n' "$label" "$best" "$rss" >> "$RESULTS"
     printf '%-34s %7.2f s\n' "$label" "$best" >&2
 }
 
@@ -159,7 +159,7 @@ fi
 # ---------------------------------------------------------------------
 python3 - "$RESULTS" "$SIZE" <<'EOF'
 import sys
-rows = [l.strip().split("|") for l in open(sys.argv[1]) if l.strip()]
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 size = int(sys.argv[2])
 t = {r[0]: float(r[1]) for r in rows}
 floor = t["floor: cat > file && sync"]
