@@ -31,7 +31,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "rootfs": {"type": "layers", "diff_ids": descs.iter().map(|d| d.digest.to_string()).collect::<Vec<_>>()},
     });
     let (digest, size) = staging.put_bytes(&serde_json::to_vec(&config)?)?;
-    let manifest = Manifest::new(Descriptor::new(MEDIA_OCI_CONFIG, digest.clone(), size), descs);
+    let manifest = Manifest::new(
+        Descriptor::new(MEDIA_OCI_CONFIG, digest.clone(), size),
+        descs,
+    );
     let desc = staging.put_manifest(&manifest)?;
     staging.commit(vec![NewImage {
         manifest: desc,
