@@ -136,8 +136,8 @@ fn transport() -> Arc<quinn::TransportConfig> {
     mtu.upper_bound(MAX_UDP_PAYLOAD);
     t.mtu_discovery_config(Some(mtu));
     t.stream_receive_window(quinn::VarInt::from_u32(8 << 20))
-        .receive_window(quinn::VarInt::from_u32(32 << 20))
-        .send_window(32 << 20)
+        .receive_window(quinn::VarInt::from_u32(16 << 20))
+        .send_window(16 << 20)
         .max_concurrent_uni_streams(quinn::VarInt::from_u32(16))
         .max_concurrent_bidi_streams(quinn::VarInt::from_u32(1))
         .keep_alive_interval(Some(Duration::from_secs(5)))
