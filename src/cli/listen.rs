@@ -147,6 +147,6 @@ async fn handle(
                 }
             );
         }
-        Err(e) => eprintln!("{who}: transfer failed: {e}"),
+        Err(e) => eprintln!("{who}: transfer failed: {}", e.one_line()),
     }
 }

@@ -239,8 +239,7 @@ async fn finish_connection<T>(
     result: &Result<T, TransferError>,
 ) {
     if let Err(e) = result {
-        let mut reason = e.to_string();
-        reason.truncate(1000);
+        let reason = e.close_reason();
         conn.close(close::ERROR.into(), reason.as_bytes());
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;

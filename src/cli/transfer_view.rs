@@ -59,6 +59,7 @@ impl View {
 
     fn skipped(&self, digest: &Digest, size: u64) {
         let bar = self.progress.bytes(&Self::label(digest), Some(size));
+        bar.inc(size);
         bar.finish("already present");
         self.event(serde_json::json!({"event": "skipped", "digest": digest, "size": size}));
     }

@@ -5,13 +5,23 @@
 //! compressor speed, r: ratio), so zstd wins when `L < C * (1 - r)`. Both
 //! rates are measured as the transfer runs, from the chunks themselves, so
 //! the choice follows the data (already compressed layers stay raw) and the
-//! link. Every 16th chunk is compressed anyway while sending raw, to keep
-//! the estimate of C and r current.
+//! link. Every 16th chunk is compressed at level 1 anyway, to keep the
+//! estimate of C and r current.
+//!
+//! When the link is much slower than the compressor, a higher zstd level
+//! buys a better ratio for CPU that would otherwise wait on the link: the
+//! level is the highest whose (typical) speed still leaves the compressor
+//! at least twice as fast as the link.
 
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::wire::ChunkKind;
+/// What to send a chunk as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    Raw,
+    Zstd(i32),
+}
 
 /// `--compress`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -53,24 +63,35 @@ impl Chooser {
         }
     }
 
-    /// What to do with the next chunk.
-    pub fn choose(&self) -> ChunkKind {
+    /// What to do with the next chunk: raw, or zstd at a level.
+    pub fn choose(&self) -> Choice {
         match self.mode {
-            Compress::None => ChunkKind::Raw,
-            Compress::Zstd => ChunkKind::Zstd,
+            Compress::None => Choice::Raw,
+            Compress::Zstd => Choice::Zstd(3),
             Compress::Auto => {
                 let mut s = self.stats.lock().expect("not poisoned");
                 s.chunks += 1;
                 if s.zstd_secs == 0.0 || s.wire_secs == 0.0 || s.chunks.is_multiple_of(16) {
-                    return ChunkKind::Zstd;
+                    return Choice::Zstd(1);
                 }
                 if Self::zstd_wins(&s, self.parallel) {
-                    ChunkKind::Zstd
+                    Choice::Zstd(Self::level(&s, self.parallel))
                 } else {
-                    ChunkKind::Raw
+                    Choice::Raw
                 }
             }
         }
+    }
+
+    /// The highest level whose speed, relative to level 1's, keeps the
+    /// compressor at least twice as fast as the link.
+    fn level(s: &Stats, parallel: f64) -> i32 {
+        let headroom = s.raw_in / s.zstd_secs * parallel / (s.wire_bytes / s.wire_secs);
+        // Typical speed of each level as a fraction of level 1's.
+        [(9, 1.0 / 7.0), (6, 1.0 / 4.5), (3, 1.0 / 1.6)]
+            .into_iter()
+            .find(|(_, slowdown)| headroom * slowdown >= 2.0)
+            .map_or(1, |(level, _)| level)
     }
 
     fn zstd_wins(s: &Stats, parallel: f64) -> bool {
@@ -80,9 +101,17 @@ impl Chooser {
         ratio < 0.95 && link_rate < compress_rate * (1.0 - ratio)
     }
 
-    /// One chunk of `raw` bytes compressed to `out` in `took`.
-    pub fn record_zstd(&self, raw: usize, out: usize, took: Duration) {
+    /// One chunk of `raw` bytes compressed at `level` to `out` in `took`.
+    /// Speed is learnt from level 1 only, so that levels compare.
+    pub fn record_zstd(&self, level: i32, raw: usize, out: usize, took: Duration) {
         let mut s = self.stats.lock().expect("not poisoned");
+        if level != 1 {
+            let per_byte = s.zstd_out / s.raw_in.max(1.0);
+            let blended = out as f64 / raw as f64;
+            // Keep the ratio current without touching the speed.
+            s.zstd_out = s.raw_in * (per_byte * DECAY + blended * (1.0 - DECAY));
+            return;
+        }
         s.raw_in = s.raw_in * DECAY + raw as f64;
         s.zstd_out = s.zstd_out * DECAY + out as f64;
         s.zstd_secs = s.zstd_secs * DECAY + took.as_secs_f64().max(1e-6);
@@ -100,13 +129,14 @@ impl Chooser {
 mod tests {
     use super::*;
 
-    fn steady(link_mb_s: f64, compress_mb_s: f64, ratio: f64) -> Vec<ChunkKind> {
+    fn steady(link_mb_s: f64, compress_mb_s: f64, ratio: f64) -> Vec<Choice> {
         let c = Chooser::new(Compress::Auto, 1);
-        let mb = 1 << 20;
+        let mb: usize = 1 << 20;
         (0..40)
             .map(|_| {
                 let kind = c.choose();
                 c.record_zstd(
+                    1,
                     mb,
                     (mb as f64 * ratio) as usize,
                     Duration::from_secs_f64(1.0 / compress_mb_s),
@@ -117,8 +147,8 @@ mod tests {
             .collect()
     }
 
-    fn raw_share(kinds: &[ChunkKind]) -> usize {
-        kinds.iter().filter(|k| **k == ChunkKind::Raw).count()
+    fn raw_share(kinds: &[Choice]) -> usize {
+        kinds.iter().filter(|k| **k == Choice::Raw).count()
     }
 
     #[test]
@@ -135,6 +165,10 @@ mod tests {
             "first chunk probes"
         );
         let none = Chooser::new(Compress::None, 1);
-        assert_eq!(none.choose(), ChunkKind::Raw);
+        assert_eq!(none.choose(), Choice::Raw);
+        // Far slower link than compressor: a high level; closer: level 1.
+        assert_eq!(steady(12.0, 400.0, 0.5)[20], Choice::Zstd(9));
+        assert_eq!(steady(100.0, 400.0, 0.5)[20], Choice::Zstd(3));
+        assert_eq!(steady(180.0, 400.0, 0.5)[20], Choice::Zstd(1));
     }
 }

@@ -46,13 +46,13 @@ pub enum TransferError {
     #[error("{peer}: {message}")]
     Remote { peer: String, message: String },
     /// The connection failed or was lost.
-    #[error("connection to {peer}: {source}")]
+    #[error("connection to {peer}")]
     Connection {
         peer: String,
         #[source]
         source: quinn::ConnectionError,
     },
-    #[error("connecting to {peer}: {source}")]
+    #[error("connecting to {peer}")]
     Connect {
         peer: String,
         #[source]
@@ -69,7 +69,7 @@ pub enum TransferError {
         "not enough free disk space in {path}: the offer needs {need} bytes, {have} are available"
     )]
     NoSpace { path: String, need: u64, have: u64 },
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         what: String,
         #[source]
@@ -83,7 +83,7 @@ pub enum TransferError {
     Identity(#[from] identity::IdentityError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
-    #[error("blob {digest}: {source}")]
+    #[error("blob {digest}")]
     Blob {
         digest: Digest,
         #[source]
@@ -105,6 +105,34 @@ impl TransferError {
         }
     }
 
+    /// The error and its causes on one line: for a close reason or a log
+    /// line, where the CLI's `caused by:` lines are not printed.
+    pub fn one_line(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !text.ends_with(&cause_text) {
+                text.push_str(": ");
+                text.push_str(&cause_text);
+            }
+            source = cause.source();
+        }
+        text
+    }
+
+    /// [`TransferError::one_line`], cut to fit a QUIC close frame. The
+    /// text may carry what a peer sent, so the cut respects UTF-8.
+    pub fn close_reason(&self) -> String {
+        let mut text = self.one_line();
+        let mut end = text.len().min(1000);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text
+    }
+
     pub fn connection(peer: &str, source: quinn::ConnectionError) -> TransferError {
         match source {
             quinn::ConnectionError::ApplicationClosed(close) => TransferError::Remote {
@@ -116,5 +144,28 @@ impl TransferError {
                 source,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_reasons_keep_the_causes_and_cut_on_a_char_boundary() {
+        let inner = TransferError::Remote {
+            peer: "p".into(),
+            message: "é".repeat(600),
+        };
+        let e = TransferError::Blob {
+            digest: Digest::of(b"x"),
+            source: Box::new(inner),
+        };
+        assert!(
+            e.one_line()
+                .starts_with(&format!("blob {}: p: é", Digest::of(b"x")))
+        );
+        let reason = e.close_reason();
+        assert!(reason.len() <= 1000 && reason.len() > 990);
     }
 }

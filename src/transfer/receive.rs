@@ -92,8 +92,7 @@ pub async fn serve(
             let _ = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await;
         }
         Err(e) => {
-            let mut reason = e.to_string();
-            reason.truncate(1000);
+            let reason = e.close_reason();
             conn.close(close::ERROR.into(), reason.as_bytes());
         }
     }

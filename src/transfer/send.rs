@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::auto::{Chooser, Compress};
+use super::auto::{Choice, Chooser, Compress};
 use super::session::{check_want, check_welcome};
 use super::wire::{
     BlobHeader, CHUNK, ChunkKind, Message, OfferedImage, VERSION, WantedBlob, encode_chunk,
@@ -338,12 +338,15 @@ async fn send_blob_inner(job: BlobJob) -> Result<(u64, u64), TransferError> {
         let chunk = &buf[..n];
 
         let frame = match chooser.choose() {
-            ChunkKind::Raw => encode_chunk(ChunkKind::Raw, chunk),
-            ChunkKind::Zstd => {
+            Choice::Raw => encode_chunk(ChunkKind::Raw, chunk),
+            Choice::Zstd(level) => {
                 let t = Instant::now();
-                let packed =
-                    tokio::task::block_in_place(|| compressor.compress(chunk)).map_err(io_err)?;
-                chooser.record_zstd(n, packed.len(), t.elapsed());
+                let packed = tokio::task::block_in_place(|| {
+                    compressor.set_compression_level(level)?;
+                    compressor.compress(chunk)
+                })
+                .map_err(io_err)?;
+                chooser.record_zstd(level, n, packed.len(), t.elapsed());
                 if packed.len() < n {
                     encode_chunk(ChunkKind::Zstd, &packed)
                 } else {

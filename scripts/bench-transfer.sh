@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# Measures `rimg push-peer` against the ssh pipelines a user would type,
+# and against the floor (the same bytes written to the receiver's disk and
+# synced), in one run, first over loopback, then over links this script
+# makes with network namespaces, a veth pair and a tbf rate limit.
+#
+# Needs root (namespaces, sshd), sshd, zstd, bzip2, /usr/bin/time.
+# Usage: scripts/bench-transfer.sh [--skip-links]
+# BENCH_SKIP_BZIP2=1 leaves out the bzip2 pipeline (minutes on its own).
+# Figures are printed as a table on stdout; ratios are against the floor
+# and the pipelines of the same run, never absolute targets.
+
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SKIP_LINKS=${1:-}
+cargo build --release --quiet --bin rimg --example seed_store
+RIMG=$PWD/target/release/rimg
+SEED=$PWD/target/release/examples/seed_store
+
+W=$(mktemp -d /var/tmp/rimg-bench.XXXXXX)
+SSHD_PID=""
+LISTEN_PID=""
+cleanup() {
+    [ -n "$LISTEN_PID" ] && kill "$LISTEN_PID" 2>/dev/null || true
+    [ -n "$SSHD_PID" ] && kill "$SSHD_PID" 2>/dev/null || true
+    ip netns del rb_a 2>/dev/null || true
+    ip netns del rb_b 2>/dev/null || true
+    rm -rf "$W"
+}
+trap cleanup EXIT
+
+log() { echo "# $*" >&2; }
+
+# --- The image: ~1.3 GiB in two layers, from real files -------------------
+log "building the test image in $W"
+tar -cf "$W/base.tar" -C / usr/share usr/bin 2>/dev/null || true
+tar -cf "$W/top1.tar" -C / usr/local 2>/dev/null || true
+mkdir -p "$W/extra" && date +%s%N > "$W/extra/changed"
+tar -cf "$W/top2.tar" -C / usr/local -C "$W" extra 2>/dev/null || true
+"$SEED" "$W/src" bench:1 "$W/base.tar" "$W/top1.tar" >/dev/null
+"$SEED" "$W/src" bench:2 "$W/base.tar" "$W/top2.tar" >/dev/null
+TOTAL=$(( $(stat -c %s "$W/base.tar") + $(stat -c %s "$W/top1.tar") ))
+log "image bench:1 is $TOTAL bytes"
+
+export RIMG_CONFIG_SRC=$W/cfg-src RIMG_CONFIG_DST=$W/cfg-dst
+FP=$(RIMG_CONFIG=$W/cfg-src "$RIMG" id)
+RIMG_CONFIG=$W/cfg-dst "$RIMG" -q trust add --name bench "$FP"
+
+# --- sshd for the pipelines -----------------------------------------------
+mkdir -p /run/sshd "$W/ssh"
+ssh-keygen -q -t ed25519 -N "" -f "$W/ssh/host_key"
+ssh-keygen -q -t ed25519 -N "" -f "$W/ssh/client_key"
+cp "$W/ssh/client_key.pub" "$W/ssh/authorized_keys"
+SSH_PORT=22022
+cat > "$W/ssh/sshd_config" <<CFG
+Port $SSH_PORT
+HostKey $W/ssh/host_key
+AuthorizedKeysFile $W/ssh/authorized_keys
+PidFile $W/ssh/sshd.pid
+StrictModes no
+UsePAM no
+PasswordAuthentication no
+PermitRootLogin prohibit-password
+CFG
+
+# NS: the prefix to run a command on the receiving side ("" or netns exec).
+start_sshd() { # $1 = command prefix
+    $1 /usr/sbin/sshd -D -e -f "$W/ssh/sshd_config" 2>/dev/null &
+    SSHD_PID=$!
+    sleep 0.5
+}
+stop_sshd() { kill "$SSHD_PID" 2>/dev/null || true; wait "$SSHD_PID" 2>/dev/null || true; SSHD_PID=""; }
+
+start_listener() { # $1 = prefix, $2 = addr
+    rm -rf "$W/dst"
+    $1 env RIMG_CONFIG="$W/cfg-dst" "$RIMG" --root "$W/dst" --no-progress listen --addr "$2" 2>"$W/listen.log" &
+    LISTEN_PID=$!
+    for _ in $(seq 100); do grep -q "listening on" "$W/listen.log" && break; sleep 0.05; done
+}
+stop_listener() { kill "$LISTEN_PID" 2>/dev/null || true; wait "$LISTEN_PID" 2>/dev/null || true; LISTEN_PID=""; }
+listener_peak_kib() { awk '/VmHWM/ {print $2}' "/proc/$LISTEN_PID/status"; }
+
+# Runs "$@" timed; sets SECS and PEAK_KIB (of the command itself).
+timed() {
+    /usr/bin/time -f "%e %M" -o "$W/time" "$@" >"$W/out" 2>"$W/err" || { cat "$W/err" >&2; return 1; }
+    read -r SECS PEAK_KIB <"$W/time"
+}
+
+row() { # name seconds bytes [extra]
+    local mbs
+    mbs=$(awk -v b="$3" -v s="$2" 'BEGIN { if (s > 0) printf "%.0f", b / s / 1048576; else print "-" }')
+    printf "%-44s %8.2f s %7s MiB/s  %s\n" "$1" "$2" "$mbs" "${4:-}"
+}
+
+push() { # prefix addr image
+    timed $1 env RIMG_CONFIG="$W/cfg-src" "$RIMG" --root "$W/src" --no-progress \
+        push-peer --json --accept-new "$3" "$2"
+    tail -1 "$W/out" > "$W/done.json"
+}
+
+HAVE_SAVE=0
+"$RIMG" save --help >/dev/null 2>&1 && "$RIMG" load --help >/dev/null 2>&1 && HAVE_SAVE=1
+
+# The ssh pipelines: `rimg save | [compress] | ssh host '[decompress] | rimg
+# load'`. Without save/load in this build, the stream is the image's blobs
+# and the far end writes and syncs a file, which flatters the pipelines.
+pipeline() { # label prefix host ssh-extra compress decompress
+    local ssh="ssh -p $SSH_PORT -i $W/ssh/client_key -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR $4"
+    local src sink
+    if [ $HAVE_SAVE = 1 ]; then
+        src="$RIMG --root $W/src save bench:1"
+        sink="$RIMG --root $W/pipe-dst -q load"
+    else
+        src="cat $W/base.tar $W/top1.tar"
+        sink="dd of=$W/pipe.out bs=4M conv=fsync status=none"
+    fi
+    rm -rf "$W/pipe-dst" "$W/pipe.out"
+    timed $2 sh -c "$src | $5 | $ssh root@$3 '$6 | $sink'"
+    row "$1" "$SECS" "$TOTAL" "sender peak $((PEAK_KIB / 1024)) MiB"
+}
+
+floor() {
+    rm -f "$W/floor.out"
+    timed sh -c "cat $W/base.tar $W/top1.tar | dd of=$W/floor.out bs=4M conv=fsync status=none"
+    FLOOR=$SECS
+    row "floor: copy + fsync on the receiver's disk" "$SECS" "$TOTAL"
+    rm -f "$W/floor.out"
+}
+
+scenario() { # title prefix-send prefix-recv host
+    local send=$2 recv=$3 host=$4 port=7423
+    echo
+    echo "== $1 =="
+    sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
+    floor
+
+    start_listener "$recv" "$host:$port"
+    push "$send" "$host:$port" bench:1
+    COLD=$SECS
+    row "push-peer cold (empty store)" "$SECS" "$TOTAL" \
+        "sender peak $((PEAK_KIB / 1024)) MiB, receiver peak $(( $(listener_peak_kib) / 1024 )) MiB; $(jq -c '{bytes_raw,bytes_wire,blobs_sent}' "$W/done.json")"
+    push "$send" "$host:$port" bench:2
+    row "push-peer warm (top layer changed)" "$SECS" "$TOTAL" \
+        "$(awk -v a="$SECS" -v b="$COLD" 'BEGIN { printf "%.1f%% of cold", 100 * a / b }'); $(jq -c '{bytes_raw,blobs_sent,blobs_skipped}' "$W/done.json")"
+    push "$send" "$host:$port" bench:2
+    row "push-peer all present" "$SECS" "$TOTAL" "$(jq -c '{blobs_sent,blobs_skipped}' "$W/done.json")"
+    stop_listener
+    row "  cold / floor" "$(awk -v a="$COLD" -v b="$FLOOR" 'BEGIN { printf "%.2f", a / b }')" 0 "(ratio)"
+
+    start_sshd "$recv"
+    pipeline "ssh (default cipher)" "$send" "$host" "" cat cat
+    pipeline "ssh -c aes128-gcm@openssh.com" "$send" "$host" "-c aes128-gcm@openssh.com" cat cat
+    pipeline "zstd -T0 | ssh aes128-gcm" "$send" "$host" "-c aes128-gcm@openssh.com" "zstd -T0 -q" "zstd -d -q"
+    if [ "${5:-}" != "nobzip2" ] && [ -z "${BENCH_SKIP_BZIP2:-}" ]; then
+        pipeline "bzip2 | ssh aes128-gcm" "$send" "$host" "-c aes128-gcm@openssh.com" "bzip2 -c" "bzip2 -d"
+    fi
+    stop_sshd
+}
+
+echo "rimg push-peer benchmark, $(date -u +%FT%TZ), $(nproc) cores; image $TOTAL bytes in 2 layers"
+[ $HAVE_SAVE = 1 ] || echo "note: this build has no save/load; pipelines stream the layer bytes into a synced file"
+scenario "loopback" "" "" 127.0.0.1
+
+[ "$SKIP_LINKS" = "--skip-links" ] && exit 0
+
+link() { # rate
+    ip netns del rb_a 2>/dev/null || true
+    ip netns del rb_b 2>/dev/null || true
+    ip netns add rb_a && ip netns add rb_b
+    ip link add rb_va type veth peer name rb_vb
+    ip link set rb_va netns rb_a && ip link set rb_vb netns rb_b
+    ip -n rb_a addr add 10.77.0.1/24 dev rb_va && ip -n rb_b addr add 10.77.0.2/24 dev rb_vb
+    for ns in rb_a rb_b; do ip -n $ns link set lo up; done
+    ip -n rb_a link set rb_va up && ip -n rb_b link set rb_vb up
+    local burst=$2
+    tc -n rb_a qdisc add dev rb_va root tbf rate "$1" burst "$burst" latency 20ms
+    tc -n rb_b qdisc add dev rb_vb root tbf rate "$1" burst "$burst" latency 20ms
+}
+
+link 1gbit 1mb
+scenario "1 Gbit/s (veth + tbf)" "ip netns exec rb_a" "ip netns exec rb_b" 10.77.0.2 nobzip2
+link 100mbit 256kb
+scenario "100 Mbit/s (veth + tbf)" "ip netns exec rb_a" "ip netns exec rb_b" 10.77.0.2 nobzip2
