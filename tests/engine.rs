@@ -7,6 +7,7 @@ mod common;
 
 use std::process::Command;
 
+use common::peers::{Listener, trust};
 use common::{Env, corpus, need_docker};
 
 /// A name no other test uses, removed from the engine when dropped.
@@ -188,4 +189,113 @@ fn no_permission_on_the_socket_says_so_with_a_hint() {
         err.contains("hint: add this user to the docker group"),
         "{err}"
     );
+}
+
+/// `rimg listen --into docker-daemon`: what a sender pushes also lands in
+/// the receiver's engine, which gets only the layers it lacks (the engine
+/// here runs the classic store, which the listener reads from the engine)
+/// and runs the image.
+#[test]
+fn a_listener_into_the_engine_sends_it_only_the_layers_it_lacks() {
+    if !need_docker() {
+        return;
+    }
+    // The engine holds busybox (edge:1's bottom layer) under another name.
+    let _base = EngineImage::busybox("rimg-test-engine/into-base:1");
+    let pushed = EngineName("rimg-test-engine/into-edge:1".into());
+
+    let (sender, receiver) = (Env::new(), Env::new());
+    sender.ok(&["load", "-i", corpus("d20-edge.tar").to_str().unwrap()]);
+    sender.ok(&["tag", "edge:1", &pushed.0]);
+    trust(&receiver, &sender);
+    let listener = Listener::start(&receiver, &["--into", "docker-daemon"]);
+
+    let out = sender.ok(&["push-peer", "--accept-new", &pushed.0, &listener.addr]);
+    assert!(
+        out.contains(&format!("Loaded image: {} on", pushed.0)),
+        "{out}"
+    );
+    listener.wait_log(&format!("Loaded image: {}", pushed.0));
+    let log = listener.log();
+    assert!(
+        log.contains("classic store")
+            && log.contains("sent 4 layer(s), left out 1 it already holds"),
+        "{log}"
+    );
+
+    let run = Command::new("docker")
+        .args(["run", "--rm", &pushed.0])
+        .output()
+        .expect("docker runs");
+    assert!(run.status.success(), "{run:?}");
+    assert!(String::from_utf8_lossy(&run.stdout).starts_with("hello from edge\n"));
+}
+
+/// An image the engine refuses (a Windows image on a Linux engine): the
+/// listener logs the engine's own message, keeps serving, and its store
+/// keeps the image, consistent.
+#[test]
+fn a_load_the_engine_refuses_is_logged_with_its_message() {
+    if !need_docker() {
+        return;
+    }
+    let (sender, receiver) = (Env::new(), Env::new());
+    let rootfs = sender.path("rootfs.tar");
+    std::fs::write(sender.path("hello.txt"), "hi\n").unwrap();
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(sender.dir.path())
+        .arg("-cf")
+        .arg(&rootfs)
+        .arg("hello.txt")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let name = "rimg-test-engine/windows:1";
+    sender.ok(&[
+        "import",
+        "--platform",
+        "windows/amd64",
+        rootfs.to_str().unwrap(),
+        name,
+    ]);
+    trust(&receiver, &sender);
+    let listener = Listener::start(&receiver, &["--into", "docker-daemon"]);
+
+    sender.ok(&["push-peer", "--accept-new", name, &listener.addr]);
+    listener.wait_log("loading into the Docker Engine failed");
+    let log = listener.log();
+    assert!(log.contains("the Docker Engine refused the load"), "{log}");
+    assert!(
+        log.to_lowercase().contains("windows"),
+        "the engine's message: {log}"
+    );
+    receiver.assert_consistent();
+    assert!(receiver.ok(&["images", "-q"]).lines().count() == 1);
+
+    // Still serving.
+    sender.ok(&["push-peer", name, &listener.addr]);
+}
+
+#[test]
+fn into_is_for_ssh_destinations() {
+    let env = Env::new();
+    env.ok(&["load", "-i", corpus("d20-busybox.tar").to_str().unwrap()]);
+    let err = env.fails(&[
+        "push-peer",
+        "--into",
+        "docker-daemon",
+        "bb:1",
+        "127.0.0.1:9",
+    ]);
+    assert!(err.contains("rimg listen --into docker-daemon"), "{err}");
+}
+
+/// An engine image name removed when dropped.
+struct EngineName(String);
+
+impl Drop for EngineName {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rmi", &self.0]).output();
+    }
 }

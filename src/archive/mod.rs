@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use tracing::debug;
 
 pub use paths::PathProblem;
-pub use write::{SaveError, SaveImage, save};
+pub use write::{SaveError, SaveImage, save, save_leaving_out};
 
 use crate::compress::{self, OpenError};
 use crate::digest::Digest;

@@ -69,6 +69,19 @@ pub fn save<W: Write>(
     store: &Store,
     images: &[SaveImage],
     out: W,
+    progress: impl FnMut(u64),
+) -> Result<W, SaveError> {
+    save_leaving_out(store, images, &BTreeSet::new(), out, progress)
+}
+
+/// [`save`], with the blobs in `leave_out` named by the manifests but not
+/// written: for a Docker Engine that already holds those layers, which its
+/// classic store never opens (it finds them by chain ID).
+pub fn save_leaving_out<W: Write>(
+    store: &Store,
+    images: &[SaveImage],
+    leave_out: &BTreeSet<Digest>,
+    out: W,
     mut progress: impl FnMut(u64),
 ) -> Result<W, SaveError> {
     let mut tar = TarWriter { out };
@@ -130,7 +143,7 @@ pub fn save<W: Write>(
                     .map(|l| (&l.digest, Some(l.size))),
             );
         for (digest, expected) in blobs {
-            if !written.insert(digest.clone()) {
+            if !written.insert(digest.clone()) || leave_out.contains(digest) {
                 continue;
             }
             let size = tar.blob(store, digest, expected)?;

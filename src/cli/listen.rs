@@ -37,6 +37,10 @@ pub struct Args {
     #[arg(long, value_name = "BYTES", default_value_t = 64 << 30)]
     max_blob_size: u64,
 
+    /// Also load what is received into the local Docker Engine.
+    #[arg(long, value_enum, value_name = "docker-daemon")]
+    into: Option<super::into::Into>,
+
     #[command(flatten)]
     config: ConfigArgs,
 }
@@ -77,6 +81,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<()> {
             let (store, opts, view) = (store.clone(), opts.clone(), view.clone());
             let authorized = TrustFile::authorized(&config);
             let max = args.max_transfers;
+            let into = args.into;
             tokio::spawn(async move {
                 let remote = incoming.remote_address();
                 let conn = match incoming.await {
@@ -92,7 +97,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<()> {
                     conn.close(close::BUSY.into(), reason.as_bytes());
                     return;
                 };
-                handle(conn, remote, &authorized, store, opts, view).await;
+                handle(conn, remote, &authorized, store, opts, view, into).await;
                 drop(slot);
             });
         }
@@ -107,6 +112,7 @@ async fn handle(
     store: Store,
     opts: ReceiveOptions,
     view: Arc<View>,
+    into: Option<super::into::Into>,
 ) {
     let Some(fingerprint) = tls::peer_fingerprint(&conn) else {
         conn.close(close::NOT_AUTHORIZED.into(), b"no client certificate");
@@ -133,7 +139,7 @@ async fn handle(
     };
     let who = format!("{remote} ({name})");
     eprintln!("{who}: connected");
-    match serve(conn, &who, store, opts, view).await {
+    match serve(conn, &who, store.clone(), opts, view).await {
         Ok(r) => {
             let names: Vec<String> = r.images.iter().flat_map(|(_, n)| n.clone()).collect();
             eprintln!(
@@ -146,6 +152,17 @@ async fn handle(
                     names.join(", ")
                 }
             );
+            if into.is_some() && !r.images.is_empty() {
+                let fed = tokio::task::spawn_blocking(move || {
+                    super::into::feed_engine(&store, &r.images)
+                })
+                .await;
+                match fed {
+                    Ok(Ok(lines)) => lines.iter().for_each(|l| eprintln!("{who}: {l}")),
+                    Ok(Err(e)) => eprintln!("{who}: loading into the Docker Engine failed: {e:#}"),
+                    Err(e) => eprintln!("{who}: loading into the Docker Engine failed: {e}"),
+                }
+            }
         }
         Err(e) => eprintln!("{who}: transfer failed: {}", e.one_line()),
     }

@@ -11,6 +11,7 @@ mod id;
 mod images;
 mod import;
 mod inspect;
+mod into;
 mod listen;
 mod load;
 mod prune;

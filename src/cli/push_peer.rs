@@ -54,6 +54,11 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     remote_root: Option<String>,
 
+    /// Have the remote receiver (ssh) also load the images into its Docker
+    /// Engine. A listener decides this itself (`rimg listen --into`).
+    #[arg(long, value_enum, value_name = "docker-daemon")]
+    into: Option<super::into::Into>,
+
     /// Pin a listener's fingerprint on first contact without asking.
     #[arg(long)]
     accept_new: bool,
@@ -127,6 +132,14 @@ pub fn run(args: Args, ctx: &Context) -> Result<()> {
 
     let rt = runtime()?;
     let summary = match dest {
+        Dest::Listener { .. } if args.into.is_some() => {
+            return Err(Hinted {
+                message: "--into applies to an ssh destination; a listener decides for itself"
+                    .into(),
+                hint: "start the listener with `rimg listen --into docker-daemon`".into(),
+            }
+            .into());
+        }
         Dest::Listener { host, port } => {
             let label = format!("{host}:{port}");
             let pin = |seen: &Digest| pin_listener(&config, &label, seen, args.accept_new, ctx);
@@ -323,6 +336,9 @@ fn spawn_bootstrap(args: &Args, target: &str) -> Result<Child> {
         remote.push(shell_quote(root));
     }
     remote.extend(["--no-progress", "receive", "--bootstrap"].map(String::from));
+    if args.into.is_some() {
+        remote.extend(["--into", "docker-daemon"].map(String::from));
+    }
     let remote: Vec<String> = remote.iter().map(|w| shell_quote(w)).collect();
     let line = format!("{} {} {}", args.rsh, shell_quote(target), remote.join(" "));
     tracing::debug!(command = %line, "starting the remote receiver");

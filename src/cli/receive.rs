@@ -23,6 +23,10 @@ pub struct Args {
     #[arg(long, required = true)]
     bootstrap: bool,
 
+    /// Also load what is received into the local Docker Engine.
+    #[arg(long, value_enum, value_name = "docker-daemon")]
+    into: Option<super::into::Into>,
+
     /// Seconds to wait for the sender to connect.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     accept_timeout: u64,
@@ -71,10 +75,20 @@ pub fn run(args: Args, ctx: &Context) -> Result<()> {
         let conn = incoming.await?;
         let view = Arc::new(View::new(ctx.progress(), false, None));
         let who = remote.to_string();
-        let result = serve(conn, &who, store, opts, view).await;
+        let result = serve(conn, &who, store.clone(), opts, view).await;
         // Let the close (and its reason, on failure) reach the sender.
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
-        result?;
+        let received = result?;
+        if args.into.is_some() && !received.images.is_empty() {
+            // stderr reaches the sender's terminal through ssh.
+            let lines = tokio::task::spawn_blocking(move || {
+                super::into::feed_engine(&store, &received.images)
+            })
+            .await??;
+            for line in lines {
+                eprintln!("{line}");
+            }
+        }
         Ok(())
     })
 }

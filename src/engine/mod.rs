@@ -24,7 +24,10 @@ use tokio::sync::mpsc;
 
 use crate::digest::Digest;
 
+mod feed;
 pub mod v1;
+
+pub use feed::Fed;
 
 /// The prefix that names an image in the local engine.
 pub const SCHEME: &str = "docker-daemon:";
