@@ -127,23 +127,23 @@ async fn serve_inner(
     write_message(&mut ctl_send, &welcome, peer).await?;
 
     let offer = next().await?;
+    // Held from here to the end: garbage collection must not remove a blob
+    // the plan counts as present, nor one that arrived before the commit
+    // of the image that names it.
+    let _guard = store.stage()?;
     let plan = tokio::task::block_in_place(|| session.on_offer(&offer, &store))?;
     check_free_disk(&store, plan.bytes_needed + opts.reserve)?;
 
-    // Held from here to the end: garbage collection must not run between
-    // a blob's arrival and the commit of the image that names it.
-    let _guard = store.stage()?;
     events.planned(&plan.want);
     let mut received = Received::default();
     let wanted: Vec<&Digest> = plan.want.iter().map(|w| &w.digest).collect();
-    if let Message::Offer { .. } = offer {
-        for i in 0..session.image_count() {
-            let m = &session.image(i).manifest;
-            for d in std::iter::once(&m.config).chain(&m.layers) {
-                if !wanted.contains(&&d.digest) {
-                    events.skipped(&d.digest, d.size);
-                    received.blobs_skipped += 1;
-                }
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..session.image_count() {
+        let m = &session.image(i).manifest;
+        for d in std::iter::once(&m.config).chain(&m.layers) {
+            if !wanted.contains(&&d.digest) && seen.insert(d.digest.clone()) {
+                events.skipped(&d.digest, d.size);
+                received.blobs_skipped += 1;
             }
         }
     }

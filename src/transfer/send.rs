@@ -235,7 +235,7 @@ pub async fn send(
                 Message::Stored { digest } => events.stored(&digest),
                 Message::Loaded { id, names } => {
                     events.loaded(&id, &names);
-                    summary.images.push(super::send::LoadedImage { id, names });
+                    summary.images.push(LoadedImage { id, names });
                 }
                 Message::Done { .. } => break,
                 Message::Error { message, digest } => {
