@@ -12,6 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
+echo "building rimg (release; the first build takes several minutes)..." >&2
 cargo build --release --quiet
 rimg="$PWD/target/release/rimg"
 corpus="$PWD/../shared/corpus/real"
@@ -53,7 +54,10 @@ b trust add --name A "$fingerprint"
 
 port=$(( 20000 + RANDOM % 20000 ))
 step "rimg listen --addr 127.0.0.1:$port   (on B, in the background)"
-b listen --addr "127.0.0.1:$port" --no-progress 2>"$work/listen.log" &
+# Started directly (not through the shell function) so that $! is rimg's
+# own PID and the cleanup stops it.
+RIMG_CONFIG="$work/b/config" "$rimg" --root "$work/b/store" \
+  listen --addr "127.0.0.1:$port" --no-progress 2>"$work/listen.log" &
 listener=$!
 sleep 1
 

@@ -10,10 +10,15 @@ pub struct Args {}
 
 pub fn run(_args: Args, ctx: &Context) -> Result<()> {
     let store = ctx.store()?;
-    ctx.status("waiting for writers to the store to finish...");
-    let report = store
-        .collect_garbage(true)?
-        .expect("waiting collection always runs");
+    let report = match store.collect_garbage(false)? {
+        Some(report) => report,
+        None => {
+            ctx.status("waiting for writers to the store to finish...");
+            store
+                .collect_garbage(true)?
+                .expect("a collection that waits always runs")
+        }
+    };
     println!(
         "Deleted {} blobs and {} leftovers of interrupted writes",
         report.blobs, report.leftovers

@@ -384,6 +384,9 @@ impl Store {
     pub fn check(&self) -> Result<Vec<Problem>> {
         let mut problems = Vec::new();
         let mut sizes = BTreeMap::new();
+        // A damaged blob is reported once, as damaged, not again as missing
+        // by every image that needs it.
+        let mut damaged = BTreeSet::new();
 
         let blobs = self.blobs_dir();
         for entry in fs::read_dir(&blobs).map_err(io_err(&blobs))? {
@@ -406,6 +409,7 @@ impl Store {
             }
             let (actual, len) = hasher.finish();
             if actual != expected {
+                damaged.insert(expected.clone());
                 problems.push(Problem::Damaged { expected, actual });
             } else {
                 sizes.insert(expected, len);
@@ -414,6 +418,9 @@ impl Store {
 
         for record in self.records()? {
             let Some(_) = sizes.get(&record.manifest) else {
+                if damaged.contains(&record.manifest) {
+                    continue;
+                }
                 problems.push(Problem::Missing {
                     digest: record.manifest.clone(),
                     needed_by: record.describe(),
@@ -434,6 +441,7 @@ impl Store {
             let wanted = std::iter::once(&manifest.config).chain(&manifest.layers);
             for desc in wanted {
                 match sizes.get(&desc.digest) {
+                    None if damaged.contains(&desc.digest) => {}
                     None => problems.push(Problem::Missing {
                         digest: desc.digest.clone(),
                         needed_by: record.describe(),
@@ -455,7 +463,7 @@ impl Store {
     pub(crate) fn write_file_atomic(&self, path: &Path, bytes: &[u8]) -> Result<()> {
         use std::io::Write;
         let dir = path.parent().unwrap_or(&self.root);
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err(dir))?;
+        let mut tmp = readable_temp(dir, ".tmp-")?;
         tmp.write_all(bytes).map_err(io_err(tmp.path()))?;
         tmp.as_file().sync_all().map_err(io_err(path))?;
         tmp.persist(path).map_err(|e| StoreError::Io {
@@ -500,6 +508,18 @@ impl Store {
             }),
         }
     }
+}
+
+/// A temporary file for the store, readable by all like any file the
+/// store's owner creates (tempfile's default is 0600), so that OCI tools
+/// run by other users can read the layout.
+pub(crate) fn readable_temp(dir: &Path, prefix: &str) -> Result<tempfile::NamedTempFile> {
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .permissions(fs::Permissions::from_mode(0o644))
+        .tempfile_in(dir)
+        .map_err(io_err(dir))
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {

@@ -144,7 +144,7 @@ impl Staging {
     /// A new blob writer in the store's temporary area.
     pub fn writer(&self) -> Result<BlobWriter> {
         let dir = self.store.tmp_dir();
-        let file = NamedTempFile::with_prefix_in("blob-", &dir).map_err(io_err(&dir))?;
+        let file = super::readable_temp(&dir, "blob-")?;
         Ok(BlobWriter {
             file: BufWriter::with_capacity(1 << 20, file),
             hasher: Hasher::new(),
