@@ -56,6 +56,47 @@ impl IndexLock<'_> {
         previous.filter(|p| p != &manifest.digest)
     }
 
+    /// Points each tag at its manifest, as [`IndexLock::set_tag`] one by one
+    /// would (the last assignment of a tag wins), but reading each entry's
+    /// name once: an archive may carry thousands of tags, and tagging them
+    /// one at a time is quadratic while the index lock is held.
+    pub fn set_tags(&mut self, tags: &[(&Reference, &Descriptor)]) {
+        use std::collections::{HashMap, HashSet};
+        let mut wanted: HashMap<&Reference, &Descriptor> = HashMap::new();
+        let mut order = Vec::new();
+        for &(tag, manifest) in tags {
+            if wanted.insert(tag, manifest).is_none() {
+                order.push(tag);
+            }
+        }
+        let tagged: HashSet<&Digest> = wanted.values().map(|m| &m.digest).collect();
+        let mut left = Vec::new();
+        self.index.manifests.retain(|d| match entry_name(d) {
+            Some(name) if wanted.contains_key(&name) => {
+                left.push((d.digest.clone(), d.size));
+                false
+            }
+            // An untagged entry for a manifest about to be tagged.
+            None => !tagged.contains(&d.digest),
+            Some(_) => true,
+        });
+        for tag in order {
+            self.index.manifests.push(tagged_entry(wanted[tag], tag));
+        }
+        // An image whose last tag moved stays, untagged.
+        let mut present: HashSet<Digest> = self
+            .index
+            .manifests
+            .iter()
+            .map(|d| d.digest.clone())
+            .collect();
+        for (digest, size) in left {
+            if present.insert(digest.clone()) {
+                self.index.manifests.push(untagged_entry(&digest, size));
+            }
+        }
+    }
+
     /// Removes `tag`. The image it named stays, untagged, if nothing else
     /// names it (Docker's dangling image). Returns its manifest digest.
     pub fn untag(&mut self, tag: &Reference) -> Option<Digest> {
@@ -97,6 +138,12 @@ impl IndexLock<'_> {
         self.index.manifests.retain(|d| &d.digest != manifest);
     }
 
+    /// Fails, before anything is written, when the changed index would be
+    /// larger than a store can read back.
+    pub fn check_size(&self) -> Result<()> {
+        index_bytes(&self.index).map(drop)
+    }
+
     /// Writes the index and releases the lock.
     pub fn commit(self) -> Result<()> {
         self.store.write_index(&self.index)
@@ -129,6 +176,40 @@ fn entry_name(entry: &Descriptor) -> Option<Reference> {
         .and_then(|n| n.parse().ok())
 }
 
+/// The largest `index.json` a store reads or writes.
+const MAX_INDEX_SIZE: u64 = MAX_JSON_SIZE * 4;
+
+/// The index as written, or an error when it would be larger than
+/// [`MAX_INDEX_SIZE`]: never write an index that `read_index` refuses, which
+/// would lock the user out of the whole store. The bytes are capped as they
+/// are produced, so a huge index is never built in memory.
+fn index_bytes(index: &Index) -> Result<Vec<u8>> {
+    struct Capped(Vec<u8>);
+    impl std::io::Write for Capped {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if (self.0.len() + buf.len()) as u64 > MAX_INDEX_SIZE {
+                return Err(std::io::Error::other("index too large"));
+            }
+            self.0.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut out = Capped(Vec::new());
+    serde_json::to_writer_pretty(&mut out, index).map_err(|_| StoreError::IndexTooLarge {
+        limit: MAX_INDEX_SIZE,
+    })?;
+    out.0.push(b'\n');
+    if out.0.len() as u64 > MAX_INDEX_SIZE {
+        return Err(StoreError::IndexTooLarge {
+            limit: MAX_INDEX_SIZE,
+        });
+    }
+    Ok(out.0)
+}
+
 impl Store {
     fn index_path(&self) -> std::path::PathBuf {
         self.root.join("index.json")
@@ -137,7 +218,7 @@ impl Store {
     pub fn read_index(&self) -> Result<Index> {
         let path = self.index_path();
         let bytes = std::fs::read(&path).map_err(io_err(&path))?;
-        if bytes.len() as u64 > MAX_JSON_SIZE * 4 {
+        if bytes.len() as u64 > MAX_INDEX_SIZE {
             return Err(StoreError::Corrupt {
                 what: path.display().to_string(),
                 reason: "too large".into(),
@@ -150,8 +231,7 @@ impl Store {
     }
 
     pub(super) fn write_index(&self, index: &Index) -> Result<()> {
-        let mut bytes = serde_json::to_vec_pretty(index).expect("an index always serialises");
-        bytes.push(b'\n');
+        let bytes = index_bytes(index)?;
         self.write_file_atomic(&self.index_path(), &bytes)
     }
 

@@ -61,6 +61,11 @@ pub enum StoreError {
     /// A manifest, config or index in the store does not parse.
     #[error("{what} is not valid: {reason}")]
     Corrupt { what: String, reason: String },
+    /// A change would make `index.json` larger than a store reads back.
+    #[error(
+        "the change would make index.json larger than the {limit} bytes a store can hold; nothing was tagged"
+    )]
+    IndexTooLarge { limit: u64 },
     /// No image matches what the user typed.
     #[error("No such image: {0}")]
     NoSuchImage(String),

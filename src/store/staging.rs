@@ -221,6 +221,26 @@ impl Staging {
             manifests.push(manifest);
         }
 
+        // The index change is worked out and checked before any blob moves,
+        // so a change that cannot be written leaves the store as it was.
+        // Blobs alone (a transfer storing each layer as it arrives) leave
+        // the index as it is.
+        let lock = if images.is_empty() {
+            None
+        } else {
+            let mut lock = self.store.edit_index()?;
+            for image in images.iter().filter(|i| i.tags.is_empty()) {
+                lock.keep_untagged(&image.manifest);
+            }
+            let tags: Vec<_> = images
+                .iter()
+                .flat_map(|i| i.tags.iter().map(move |t| (t, &i.manifest)))
+                .collect();
+            lock.set_tags(&tags);
+            lock.check_size()?;
+            Some(lock)
+        };
+
         let blobs_dir = self.store.blobs_dir();
         for (digest, blob) in self.staged.drain() {
             let target = self.store.blob_path(&digest);
@@ -234,20 +254,11 @@ impl Staging {
         }
         sync_dir(&blobs_dir)?;
 
-        // Blobs alone (a transfer storing each layer as it arrives) leave
-        // the index as it is.
-        if images.is_empty() {
+        let Some(lock) = lock else {
             return Ok(Vec::new());
-        }
-        let mut lock = self.store.edit_index()?;
+        };
         let mut committed = Vec::new();
         for (image, manifest) in images.into_iter().zip(manifests) {
-            if image.tags.is_empty() {
-                lock.keep_untagged(&image.manifest);
-            }
-            for tag in &image.tags {
-                lock.set_tag(tag, &image.manifest);
-            }
             committed.push(Committed {
                 id: manifest.config.digest,
                 manifest: image.manifest.digest,
