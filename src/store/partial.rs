@@ -140,6 +140,12 @@ impl PartialBlob {
         &self.digest
     }
 
+    /// A second handle on the file, for syncing written bytes from another
+    /// thread while writing goes on, so the final sync has little left.
+    pub fn sync_handle(&self) -> std::result::Result<File, PartialError> {
+        Ok(self.file.try_clone().map_err(io_err(&self.path))?)
+    }
+
     /// Appends bytes, refusing any beyond the announced size.
     pub fn write(&mut self, bytes: &[u8]) -> std::result::Result<(), PartialError> {
         if self.offset() + bytes.len() as u64 > self.size {

@@ -22,7 +22,7 @@ pub mod wire;
 use crate::digest::Digest;
 use crate::store::{PartialError, StoreError};
 
-pub use io::{read_frame, read_message, write_message};
+pub use io::{FrameReader, read_frame, read_message, write_message};
 
 /// QUIC application close codes (see `proto/PROTOCOL.md`).
 pub mod close {

@@ -16,8 +16,8 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 
 use super::session::{Limits, ReceiverSession};
-use super::wire::{BlobHeader, CHUNK, MAX_CHUNK_WIRE, Message, WireError, decode_chunk};
-use super::{TransferError, close, read_frame, read_message, write_message};
+use super::wire::{BlobHeader, CHUNK, MAX_CHUNK_WIRE, Message, WireError, decode_chunk_pieces};
+use super::{FrameReader, TransferError, close, read_frame, read_message, write_message};
 use crate::digest::Digest;
 use crate::image::{Descriptor, MEDIA_OCI_MANIFEST};
 use crate::store::{NewImage, PartialError, Staging, Store};
@@ -275,6 +275,56 @@ fn check_free_disk(store: &Store, need: u64) -> Result<(), TransferError> {
     Ok(())
 }
 
+/// Chunks queued between a blob stream and its writer thread (each at most
+/// [`CHUNK`] bytes).
+const WRITE_AHEAD: usize = 8;
+
+/// Written bytes not yet handed to the syncing thread: syncing as the blob
+/// arrives leaves little for the final sync to wait for.
+const SYNC_EVERY: u64 = 64 << 20;
+
+/// The writer thread of one blob: appends and hashes each chunk, and has a
+/// second thread sync what is written as it goes. Returns the partial blob
+/// and, if a write failed, why.
+fn write_chunks(
+    mut partial: crate::store::PartialBlob,
+    mut chunks: tokio::sync::mpsc::Receiver<Vec<bytes::Bytes>>,
+    digest: &Digest,
+    events: &dyn ReceiveEvents,
+) -> (crate::store::PartialBlob, Result<(), PartialError>) {
+    let syncer = match partial.sync_handle() {
+        Ok(file) => file,
+        Err(e) => return (partial, Err(e)),
+    };
+    let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel::<()>(1);
+    let result = std::thread::scope(|scope| {
+        scope.spawn(move || {
+            // An error shows again at the final sync, which reports it.
+            for () in sync_rx {
+                let _ = syncer.sync_data();
+            }
+        });
+        // Moved in, so that the syncing thread ends however this does.
+        let sync_tx = sync_tx;
+        let mut unsynced = 0;
+        while let Some(chunk) = chunks.blocking_recv() {
+            let mut n = 0;
+            for piece in &chunk {
+                partial.write(piece)?;
+                n += piece.len() as u64;
+            }
+            events.progress(digest, n);
+            unsynced += n;
+            if unsynced >= SYNC_EVERY {
+                let _ = sync_tx.try_send(());
+                unsynced = 0;
+            }
+        }
+        Ok(())
+    });
+    (partial, result)
+}
+
 /// Receives one blob stream into `partial/`, verifies it, stores it.
 async fn receive_blob(
     mut stream: quinn::RecvStream,
@@ -332,7 +382,7 @@ async fn receive_body(
         .lock()
         .expect("not poisoned")
         .start_blob(&digest, header.offset)?;
-    let mut partial = open_partial(shared, &digest, size, header.offset).await?;
+    let partial = open_partial(shared, &digest, size, header.offset).await?;
     if partial.offset() != header.offset {
         return Err(super::session::SessionError::WrongOffset {
             digest,
@@ -344,37 +394,64 @@ async fn receive_body(
     shared.events.started(&digest, size, header.offset);
 
     let what = format!("{}: blob {digest}", shared.peer);
-    loop {
-        let frame = match read_frame(stream, MAX_CHUNK_WIRE + 1, shared.stall, &what).await {
+    let (tx, rx) = tokio::sync::mpsc::channel(WRITE_AHEAD);
+    let events = shared.events.clone();
+    let writer = tokio::task::spawn_blocking({
+        let digest = digest.clone();
+        move || write_chunks(partial, rx, &digest, events.as_ref())
+    });
+
+    // Frames are read here and written by the writer thread, so the stream
+    // keeps moving while the disk and the hash work.
+    let mut left = size - header.offset;
+    let mut frames = FrameReader::new(stream, shared.stall, &what);
+    let outcome: Result<(), (TransferError, bool)> = loop {
+        let frame = match frames.next(MAX_CHUNK_WIRE + 1).await {
             Ok(Some(frame)) => frame,
-            Ok(None) => break,
+            Ok(None) => break Ok(()),
             // Bytes so far are a good prefix, as far as we know: keep them
             // for a resume.
             Err(e @ (TransferError::Stalled { .. } | TransferError::Connection { .. })) => {
-                return Err(e);
+                break Err((e, false));
             }
-            Err(e) => {
-                partial.discard();
-                return Err(e);
-            }
+            Err(e) => break Err((e, true)),
         };
-        let left = size - partial.offset();
-        let chunk = match decode_chunk(&frame, left.min(CHUNK as u64) as usize) {
+        let chunk = match decode_chunk_pieces(frame, left.min(CHUNK as u64) as usize) {
             Ok(chunk) => chunk,
             Err(WireError::ChunkTooLarge(_)) if left < CHUNK as u64 => {
-                partial.discard();
-                return Err(PartialError::TooLarge { digest, size }.into());
+                break Err((
+                    PartialError::TooLarge {
+                        digest: digest.clone(),
+                        size,
+                    }
+                    .into(),
+                    true,
+                ));
             }
-            Err(e) => {
-                partial.discard();
-                return Err(e.into());
-            }
+            Err(e) => break Err((e.into(), true)),
         };
-        if let Err(e) = partial.write(&chunk) {
-            partial.discard();
-            return Err(e.into());
+        left -= chunk.iter().map(|p| p.len() as u64).sum::<u64>();
+        if tx.send(chunk).await.is_err() {
+            // The writer stopped on an error, which it returns below.
+            break Ok(());
         }
-        shared.events.progress(&digest, chunk.len() as u64);
+    };
+    drop(tx);
+    let (partial, written) = writer.await.map_err(|e| TransferError::Stream {
+        what: what.clone(),
+        reason: e.to_string(),
+    })?;
+    if let Err(e) = written {
+        partial.discard();
+        return Err(e.into());
+    }
+    match outcome {
+        Ok(()) => {}
+        Err((e, true)) => {
+            partial.discard();
+            return Err(e);
+        }
+        Err((e, false)) => return Err(e),
     }
 
     let verified = tokio::task::block_in_place(|| partial.finish())?;

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -280,6 +281,50 @@ async fn read_control(
     }
 }
 
+/// Frames read ahead of the stream, per blob (each at most [`CHUNK`]).
+const READ_AHEAD: usize = 4;
+
+/// Reads `remaining` bytes of a blob into frames, compressed where the
+/// chooser says so, and queues each with its raw length. Stops early when
+/// the sending side has gone (its error is reported there).
+fn read_frames(
+    mut file: std::fs::File,
+    mut remaining: u64,
+    chooser: &Chooser,
+    frames: mpsc::Sender<(usize, Bytes)>,
+) -> std::io::Result<()> {
+    let mut compressor = zstd::bulk::Compressor::new(1)?;
+    while remaining > 0 {
+        let n = (remaining as usize).min(CHUNK);
+        // Room for the frame's prefix and kind, then the bytes read straight
+        // after them: a raw frame needs no further copy.
+        let mut frame = Vec::with_capacity(5 + n);
+        frame.extend_from_slice(&((n + 1) as u32).to_be_bytes());
+        frame.push(ChunkKind::Raw as u8);
+        (&mut file).take(n as u64).read_to_end(&mut frame)?;
+        if frame.len() != 5 + n {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("the blob file ended {remaining} bytes early"),
+            ));
+        }
+        if let Choice::Zstd(level) = chooser.choose() {
+            let t = Instant::now();
+            compressor.set_compression_level(level)?;
+            let packed = compressor.compress(&frame[5..])?;
+            chooser.record_zstd(level, n, packed.len(), t.elapsed());
+            if packed.len() < n {
+                frame = encode_chunk(ChunkKind::Zstd, &packed);
+            }
+        }
+        if frames.blocking_send((n, Bytes::from(frame))).is_err() {
+            return Ok(());
+        }
+        remaining -= n as u64;
+    }
+    Ok(())
+}
+
 /// Sends one blob from the offset the receiver asked for; returns the raw
 /// and wire byte counts.
 async fn send_blob(job: BlobJob) -> Result<(u64, u64), TransferError> {
@@ -328,44 +373,34 @@ async fn send_blob_inner(job: BlobJob) -> Result<(u64, u64), TransferError> {
         .map_err(write_err)?;
     events.started(&want.digest, want.size, want.offset);
 
-    let mut compressor = zstd::bulk::Compressor::new(1).map_err(io_err)?;
-    let mut buf = vec![0u8; CHUNK];
-    let mut remaining = want.size - want.offset;
+    // A thread reads (and compresses) ahead while this task writes frames,
+    // which quinn takes without copying them.
+    let (tx, mut rx) = mpsc::channel(READ_AHEAD);
+    let reader = tokio::task::spawn_blocking({
+        let chooser = chooser.clone();
+        let remaining = want.size - want.offset;
+        move || read_frames(file, remaining, &chooser, tx)
+    });
     let (mut raw, mut wire) = (0u64, 0u64);
-    while remaining > 0 {
-        let n = (remaining as usize).min(CHUNK);
-        file.read_exact(&mut buf[..n]).map_err(io_err)?;
-        let chunk = &buf[..n];
-
-        let frame = match chooser.choose() {
-            Choice::Raw => encode_chunk(ChunkKind::Raw, chunk),
-            Choice::Zstd(level) => {
-                let t = Instant::now();
-                let packed = tokio::task::block_in_place(|| {
-                    compressor.set_compression_level(level)?;
-                    compressor.compress(chunk)
-                })
-                .map_err(io_err)?;
-                chooser.record_zstd(level, n, packed.len(), t.elapsed());
-                if packed.len() < n {
-                    encode_chunk(ChunkKind::Zstd, &packed)
-                } else {
-                    encode_chunk(ChunkKind::Raw, chunk)
-                }
-            }
-        };
-
+    while let Some((n, frame)) = rx.recv().await {
+        let len = frame.len();
         let t = Instant::now();
-        stream.write_all(&frame).await.map_err(write_err)?;
-        chooser.record_wire(frame.len(), t.elapsed());
+        stream.write_chunk(frame).await.map_err(write_err)?;
+        chooser.record_wire(len, t.elapsed());
         if let Some(limit) = &limit {
-            limit.pace(frame.len()).await;
+            limit.pace(len).await;
         }
         events.progress(&want.digest, n as u64);
         raw += n as u64;
-        wire += frame.len() as u64;
-        remaining -= n as u64;
+        wire += len as u64;
     }
+    reader
+        .await
+        .map_err(|e| TransferError::Stream {
+            what: path.display().to_string(),
+            reason: e.to_string(),
+        })?
+        .map_err(io_err)?;
     stream.finish().map_err(|e| TransferError::Stream {
         what: peer.clone(),
         reason: e.to_string(),

@@ -202,6 +202,26 @@ pub fn decode_chunk(body: &[u8], limit: usize) -> Result<Vec<u8>, WireError> {
     }
 }
 
+/// [`decode_chunk`] for a frame body that arrived in pieces: a raw chunk
+/// is passed on without copying, a compressed one is joined and unpacked.
+pub fn decode_chunk_pieces(
+    mut pieces: Vec<bytes::Bytes>,
+    limit: usize,
+) -> Result<Vec<bytes::Bytes>, WireError> {
+    pieces.retain(|p| !p.is_empty());
+    let first = pieces.first_mut().ok_or(WireError::EmptyChunk)?;
+    if first[0] != ChunkKind::Raw as u8 {
+        let body: Vec<u8> = pieces.concat();
+        return decode_chunk(&body, limit).map(|raw| vec![raw.into()]);
+    }
+    let _kind = first.split_to(1);
+    let len: usize = pieces.iter().map(|p| p.len()).sum();
+    if len > limit.min(CHUNK) {
+        return Err(WireError::ChunkTooLarge(limit.min(CHUNK)));
+    }
+    Ok(pieces)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,5 +306,41 @@ mod tests {
         body.extend_from_slice(&bomb);
         assert_eq!(decode_chunk(&body, 100), Err(WireError::ChunkTooLarge(100)));
         assert_eq!(decode_chunk(&body, CHUNK).unwrap().len(), CHUNK);
+    }
+
+    #[test]
+    fn chunks_in_pieces_decode_like_whole_ones() {
+        use bytes::Bytes;
+        let split = |frame: &[u8], at: usize| -> Vec<Bytes> {
+            let body = &frame[4..];
+            vec![
+                Bytes::copy_from_slice(&body[..at]),
+                Bytes::new(),
+                Bytes::copy_from_slice(&body[at..]),
+            ]
+        };
+        let joined = |pieces: Vec<Bytes>| pieces.concat();
+        let raw = encode_chunk(ChunkKind::Raw, b"hello");
+        for at in 0..=6 {
+            let pieces = decode_chunk_pieces(split(&raw, at), 10).unwrap();
+            assert_eq!(joined(pieces), b"hello");
+        }
+        assert_eq!(
+            decode_chunk_pieces(split(&raw, 3), 4),
+            Err(WireError::ChunkTooLarge(4))
+        );
+        let packed = zstd::bulk::compress(&[7u8; 5000], 1).unwrap();
+        let zst = encode_chunk(ChunkKind::Zstd, &packed);
+        let pieces = decode_chunk_pieces(split(&zst, 2), CHUNK).unwrap();
+        assert_eq!(joined(pieces), vec![7u8; 5000]);
+        assert_eq!(
+            decode_chunk_pieces(split(&zst, 2), 100),
+            Err(WireError::ChunkTooLarge(100))
+        );
+        assert_eq!(decode_chunk_pieces(vec![], 10), Err(WireError::EmptyChunk));
+        assert_eq!(
+            decode_chunk_pieces(vec![Bytes::from_static(&[9, 1])], 10),
+            Err(WireError::UnknownChunkKind(9))
+        );
     }
 }
