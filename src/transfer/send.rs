@@ -69,6 +69,21 @@ pub trait SendEvents: Send + Sync {
     fn stored(&self, _digest: &Digest) {}
     /// The receiver committed an image.
     fn loaded(&self, id: &Digest, names: &[String]);
+    /// A long stage moved on: reading the engine's export here ("export",
+    /// `total` the engine's figure for the images), or the receiver feeding
+    /// its engine ("engine", no total).
+    fn stage(&self, _stage: &str, _bytes: u64, _total: Option<u64>) {}
+    /// The receiver loaded the images into its Docker Engine, or failed to.
+    fn engine(&self, _report: &EngineReport) {}
+}
+
+/// What the receiver's Docker Engine made of the images.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct EngineReport {
+    /// The engine's lines (`Loaded image: x:1`) after rimg's own.
+    pub lines: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The totals of one push.
@@ -80,7 +95,11 @@ pub struct Summary {
     pub blobs_skipped: usize,
     pub bytes_raw: u64,
     pub bytes_wire: u64,
+    /// Bytes of a Docker Engine's export read (sent or not).
+    pub bytes_export: u64,
     pub seconds: f64,
+    /// The receiver's engine report, when it loads into one.
+    pub engine: Option<EngineReport>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -169,7 +188,8 @@ pub async fn send(
             .iter()
             .map(|o| OfferedImage {
                 names: o.names.clone(),
-                manifest: String::from_utf8_lossy(&o.manifest_bytes).into_owned(),
+                manifest: Some(String::from_utf8_lossy(&o.manifest_bytes).into_owned()),
+                deferred: None,
             })
             .collect(),
     };
@@ -238,6 +258,14 @@ pub async fn send(
                     summary.images.push(LoadedImage { id, names });
                 }
                 Message::Done { .. } => break,
+                Message::Progress { stage, bytes } if stage == "engine" => {
+                    events.stage("engine", bytes, None);
+                }
+                Message::Engine { lines, error } => {
+                    let report = EngineReport { lines, error };
+                    events.engine(&report);
+                    summary.engine = Some(report);
+                }
                 Message::Error { message, digest } => {
                     let message = match digest {
                         Some(d) => format!("{message} (blob {d})"),
@@ -261,7 +289,7 @@ pub async fn send(
     Ok(summary)
 }
 
-async fn read_control(
+pub(super) async fn read_control(
     mut recv: quinn::RecvStream,
     tx: mpsc::Sender<Result<Message, TransferError>>,
     timeout: Duration,
@@ -321,6 +349,7 @@ async fn send_blob_inner(job: BlobJob) -> Result<(u64, u64), TransferError> {
     let header = BlobHeader {
         digest: want.digest.clone(),
         offset: want.offset,
+        size: None,
     };
     stream
         .write_all(&header.encode())
