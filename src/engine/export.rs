@@ -215,7 +215,9 @@ enum Entry<'a> {
 }
 
 fn is_hex64(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn classify(path: &str) -> Entry<'_> {
@@ -281,9 +283,7 @@ fn send_blob(
     let mut left = size - offset;
     while left > 0 {
         let n = (left as usize).min(CHUNK).min(buf.len());
-        entry
-            .read_exact(&mut buf[..n])
-            .map_err(ExportError::Read)?;
+        entry.read_exact(&mut buf[..n]).map_err(ExportError::Read)?;
         sink.chunk(&buf[..n]).map_err(sink_err)?;
         sink.progress(read.get()).map_err(ExportError::Read)?;
         left -= n as u64;
@@ -301,7 +301,9 @@ fn check_complete(
     strangers: usize,
 ) -> Result<(), ExportError> {
     for image in images {
-        if !found.contains_key(&image.id) || (want.contains_key(&image.id) && !sent.contains(&image.id)) {
+        if !found.contains_key(&image.id)
+            || (want.contains_key(&image.id) && !sent.contains(&image.id))
+        {
             return Err(ExportError::ConfigNotFound {
                 image: image.name.clone(),
                 id: image.id.clone(),
@@ -406,8 +408,7 @@ mod tests {
         let all = files(&path);
         let manifest: serde_json::Value = serde_json::from_slice(&all["manifest.json"]).unwrap();
         let config_name = manifest[0]["Config"].as_str().unwrap();
-        let config: crate::image::ImageConfig =
-            serde_json::from_slice(&all[config_name]).unwrap();
+        let config: crate::image::ImageConfig = serde_json::from_slice(&all[config_name]).unwrap();
         let id = Digest::of(&all[config_name]);
         let diff_ids = config.rootfs.diff_ids.clone();
         assert_eq!(diff_ids.len(), 5);
@@ -492,7 +493,10 @@ mod tests {
         let export = tar_of(&[blob(&id, &config), blob(&Digest::of(&gz), &gz)]);
         let err = split_export(&export[..], &images, &want, &mut Record::default()).unwrap_err();
         let text = err.to_string();
-        assert!(text.contains(&diff.to_string()) && text.contains("x:1"), "{text}");
+        assert!(
+            text.contains(&diff.to_string()) && text.contains("x:1"),
+            "{text}"
+        );
         assert!(text.contains("compressed"), "{text}");
         assert!(err.hint().unwrap().contains("containerd"));
 

@@ -292,7 +292,16 @@ async fn serve_inner(
     if let Some(into) = &opts.into
         && !received.images.is_empty()
     {
-        let result = deliver(into.clone(), &store, &received.images, version, &mut ctl_send, &events, peer).await?;
+        let result = deliver(
+            into.clone(),
+            &store,
+            &received.images,
+            version,
+            &mut ctl_send,
+            &events,
+            peer,
+        )
+        .await?;
         events.delivered(&result);
         if version >= 2 {
             let (lines, error) = match &result {
@@ -502,11 +511,11 @@ async fn receive_body(
     header: BlobHeader,
 ) -> Result<(), TransferError> {
     let digest = header.digest;
-    let size = shared
-        .session
-        .lock()
-        .expect("not poisoned")
-        .start_blob(&digest, header.offset, header.size)?;
+    let size = shared.session.lock().expect("not poisoned").start_blob(
+        &digest,
+        header.offset,
+        header.size,
+    )?;
     let mut partial = open_partial(shared, &digest, size, header.offset).await?;
     if partial.offset() != header.offset {
         return Err(super::session::SessionError::WrongOffset {

@@ -149,32 +149,7 @@ pub async fn send(
     events: Arc<dyn SendEvents>,
 ) -> Result<Summary, TransferError> {
     let started = Instant::now();
-    let (mut ctl_send, ctl_recv) = conn
-        .open_bi()
-        .await
-        .map_err(|e| TransferError::connection(peer, e))?;
-
-    // Control messages are read by their own task: a read cancelled half
-    // way by `select!` would lose bytes.
-    let (tx, mut rx) = mpsc::channel(64);
-    tokio::spawn(read_control(ctl_recv, tx, opts.timeout, peer.to_string()));
-    let mut next = async || -> Result<Message, TransferError> {
-        match rx.recv().await {
-            Some(Ok(msg)) => Ok(msg),
-            Some(Err(e)) => Err(e),
-            None => Err(TransferError::Remote {
-                peer: peer.to_string(),
-                message: "the receiver closed the control stream".into(),
-            }),
-        }
-    };
-
-    let hello = Message::Hello {
-        version: VERSION,
-        token: opts.token.clone(),
-    };
-    write_message(&mut ctl_send, &hello, peer).await?;
-    check_welcome(&next().await?)?;
+    let mut ctl = Control::open(conn, peer, opts).await?;
 
     let mut offered: BTreeMap<Digest, u64> = BTreeMap::new();
     for out in images {
@@ -193,8 +168,8 @@ pub async fn send(
             })
             .collect(),
     };
-    write_message(&mut ctl_send, &offer, peer).await?;
-    let wanted = check_want(&offered, &next().await?)?;
+    ctl.say(&offer).await?;
+    let wanted = check_want(&offered, &ctl.next().await?)?;
 
     let mut summary = Summary {
         blobs_total: offered.len(),
@@ -251,42 +226,106 @@ pub async fn send(
                 summary.bytes_wire += wire;
                 spawn_next(&mut tasks);
             }
-            msg = next() => match msg? {
-                Message::Stored { digest } => events.stored(&digest),
-                Message::Loaded { id, names } => {
-                    events.loaded(&id, &names);
-                    summary.images.push(LoadedImage { id, names });
-                }
-                Message::Done { .. } => break,
-                Message::Progress { stage, bytes } if stage == "engine" => {
-                    events.stage("engine", bytes, None);
-                }
-                Message::Engine { lines, error } => {
-                    let report = EngineReport { lines, error };
-                    events.engine(&report);
-                    summary.engine = Some(report);
-                }
-                Message::Error { message, digest } => {
-                    let message = match digest {
-                        Some(d) => format!("{message} (blob {d})"),
-                        None => message,
-                    };
-                    return Err(TransferError::Remote { peer: peer.to_string(), message });
-                }
-                other => {
-                    return Err(super::session::SessionError::Unexpected {
-                        expected: "stored, loaded or done",
-                        got: other.kind(),
-                    }.into());
-                }
+            msg = ctl.next() => if on_message(msg?, &events, &mut summary, peer)? {
+                break;
             },
         }
     }
 
-    let _ = ctl_send.finish();
+    let _ = ctl.send.finish();
     conn.close(close::DONE.into(), b"done");
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// The sender's control stream, after `hello` and `welcome`. Its messages
+/// are read by their own task: a read cancelled half way by `select!`
+/// would lose bytes.
+pub(super) struct Control<'a> {
+    pub send: quinn::SendStream,
+    rx: mpsc::Receiver<Result<Message, TransferError>>,
+    peer: &'a str,
+}
+
+impl<'a> Control<'a> {
+    /// Opens the stream and agrees on the version.
+    pub async fn open(
+        conn: &quinn::Connection,
+        peer: &'a str,
+        opts: &SendOptions,
+    ) -> Result<Control<'a>, TransferError> {
+        let (send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| TransferError::connection(peer, e))?;
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(read_control(recv, tx, opts.timeout, peer.to_string()));
+        let mut ctl = Control { send, rx, peer };
+        let hello = Message::Hello {
+            version: VERSION,
+            token: opts.token.clone(),
+        };
+        ctl.say(&hello).await?;
+        check_welcome(&ctl.next().await?)?;
+        Ok(ctl)
+    }
+
+    pub async fn say(&mut self, msg: &Message) -> Result<(), TransferError> {
+        write_message(&mut self.send, msg, self.peer).await
+    }
+
+    pub async fn next(&mut self) -> Result<Message, TransferError> {
+        match self.rx.recv().await {
+            Some(msg) => msg,
+            None => Err(TransferError::Remote {
+                peer: self.peer.to_string(),
+                message: "the receiver closed the control stream".into(),
+            }),
+        }
+    }
+}
+
+/// Handles a receiver's message while a push goes on; true on `done`.
+pub(super) fn on_message(
+    msg: Message,
+    events: &Arc<dyn SendEvents>,
+    summary: &mut Summary,
+    peer: &str,
+) -> Result<bool, TransferError> {
+    match msg {
+        Message::Stored { digest } => events.stored(&digest),
+        Message::Loaded { id, names } => {
+            events.loaded(&id, &names);
+            summary.images.push(LoadedImage { id, names });
+        }
+        Message::Done { .. } => return Ok(true),
+        Message::Progress { stage, bytes } if stage == "engine" => {
+            events.stage("engine", bytes, None);
+        }
+        Message::Engine { lines, error } => {
+            let report = EngineReport { lines, error };
+            events.engine(&report);
+            summary.engine = Some(report);
+        }
+        Message::Error { message, digest } => {
+            let message = match digest {
+                Some(d) => format!("{message} (blob {d})"),
+                None => message,
+            };
+            return Err(TransferError::Remote {
+                peer: peer.to_string(),
+                message,
+            });
+        }
+        other => {
+            return Err(super::session::SessionError::Unexpected {
+                expected: "stored, loaded, progress, engine or done",
+                got: other.kind(),
+            }
+            .into());
+        }
+    }
+    Ok(false)
 }
 
 pub(super) async fn read_control(

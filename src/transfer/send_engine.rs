@@ -23,12 +23,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::auto::{Choice, Chooser};
-use super::send::{EngineReport, LoadedImage, SendEvents, SendOptions, Summary};
-use super::session::{SessionError, check_want_all, check_welcome};
-use super::wire::{
-    BlobHeader, ChunkKind, DeferredImage, Message, OfferedImage, VERSION, encode_chunk,
-};
-use super::{TransferError, close, write_message};
+use super::send::{Control, SendEvents, SendOptions, Summary, on_message};
+use super::session::{SessionError, check_want_all};
+use super::wire::{BlobHeader, ChunkKind, DeferredImage, Message, OfferedImage, encode_chunk};
+use super::{TransferError, close};
 use crate::digest::Digest;
 use crate::engine::export::{BlobSink, ExportError, ExportedImage, Found, split_export};
 use crate::image::{Descriptor, MEDIA_OCI_CONFIG, MEDIA_OCI_LAYER, Manifest};
@@ -87,33 +85,7 @@ pub async fn send_engine(
     events: Arc<dyn SendEvents>,
 ) -> Result<Summary, TransferError> {
     let started = Instant::now();
-    let (mut ctl_send, ctl_recv) = conn
-        .open_bi()
-        .await
-        .map_err(|e| TransferError::connection(peer, e))?;
-    let (tx, mut rx) = mpsc::channel(64);
-    tokio::spawn(super::send::read_control(
-        ctl_recv,
-        tx,
-        opts.timeout,
-        peer.to_string(),
-    ));
-    let mut next = async || -> Result<Message, TransferError> {
-        match rx.recv().await {
-            Some(result) => result,
-            None => Err(TransferError::Remote {
-                peer: peer.to_string(),
-                message: "the receiver closed the control stream".into(),
-            }),
-        }
-    };
-
-    let hello = Message::Hello {
-        version: VERSION,
-        token: opts.token.clone(),
-    };
-    write_message(&mut ctl_send, &hello, peer).await?;
-    check_welcome(&next().await?)?;
+    let mut ctl = Control::open(conn, peer, opts).await?;
 
     let offer = Message::Offer {
         images: images
@@ -129,12 +101,12 @@ pub async fn send_engine(
             })
             .collect(),
     };
-    write_message(&mut ctl_send, &offer, peer).await?;
+    ctl.say(&offer).await?;
     let offered: BTreeSet<Digest> = images
         .iter()
         .flat_map(|i| std::iter::once(&i.id).chain(&i.diff_ids).cloned())
         .collect();
-    let (_, wanted) = check_want_all(&BTreeMap::new(), &offered, &next().await?)?;
+    let (_, wanted) = check_want_all(&BTreeMap::new(), &offered, &ctl.next().await?)?;
     let want: BTreeMap<Digest, u64> = wanted
         .iter()
         .map(|w| (w.digest.clone(), w.offset))
@@ -186,7 +158,7 @@ pub async fn send_engine(
                     if last_report.elapsed() >= Duration::from_secs(1) {
                         last_report = Instant::now();
                         let msg = Message::Progress { stage: "export".into(), bytes: n };
-                        write_message(&mut ctl_send, &msg, peer).await?;
+                        ctl.say(&msg).await?;
                     }
                 }
                 Some(Feed::Start { digest, size, offset }) => {
@@ -232,7 +204,18 @@ pub async fn send_engine(
                     });
                 }
             },
-            msg = next() => on_message(msg?, &events, &mut summary, peer)?,
+            msg = ctl.next() => match msg? {
+                Message::Done { .. } => {
+                    return Err(SessionError::Unexpected {
+                        expected: "stored, loaded or progress",
+                        got: "done",
+                    }
+                    .into());
+                }
+                msg => {
+                    on_message(msg, &events, &mut summary, peer)?;
+                }
+            },
         }
     };
 
@@ -240,62 +223,13 @@ pub async fn send_engine(
         .iter()
         .map(|i| String::from_utf8_lossy(&manifest_for(i, &found)).into_owned())
         .collect();
-    write_message(&mut ctl_send, &Message::Manifests { manifests }, peer).await?;
-    loop {
-        let msg = next().await?;
-        if matches!(msg, Message::Done { .. }) {
-            break;
-        }
-        on_message(msg, &events, &mut summary, peer)?;
-    }
+    ctl.say(&Message::Manifests { manifests }).await?;
+    while !on_message(ctl.next().await?, &events, &mut summary, peer)? {}
 
-    let _ = ctl_send.finish();
+    let _ = ctl.send.finish();
     conn.close(close::DONE.into(), b"done");
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
-}
-
-/// A receiver's message while blobs go out; `done` is handled by the
-/// caller, which knows whether it may come yet.
-fn on_message(
-    msg: Message,
-    events: &Arc<dyn SendEvents>,
-    summary: &mut Summary,
-    peer: &str,
-) -> Result<(), TransferError> {
-    match msg {
-        Message::Stored { digest } => events.stored(&digest),
-        Message::Loaded { id, names } => {
-            events.loaded(&id, &names);
-            summary.images.push(LoadedImage { id, names });
-        }
-        Message::Progress { stage, bytes } if stage == "engine" => {
-            events.stage("engine", bytes, None);
-        }
-        Message::Engine { lines, error } => {
-            let report = EngineReport { lines, error };
-            events.engine(&report);
-            summary.engine = Some(report);
-        }
-        Message::Error { message, digest } => {
-            let message = match digest {
-                Some(d) => format!("{message} (blob {d})"),
-                None => message,
-            };
-            return Err(TransferError::Remote {
-                peer: peer.to_string(),
-                message,
-            });
-        }
-        other => {
-            return Err(SessionError::Unexpected {
-                expected: "stored, loaded, progress, engine or done",
-                got: other.kind(),
-            }
-            .into());
-        }
-    }
-    Ok(())
 }
 
 /// One chunk frame, compressed when the chooser says it pays.
@@ -344,9 +278,9 @@ struct ChannelSink {
 
 impl ChannelSink {
     fn send(&self, item: Feed) -> io::Result<()> {
-        self.tx.blocking_send(item).map_err(|_| {
-            io::Error::new(io::ErrorKind::BrokenPipe, "the transfer stopped")
-        })
+        self.tx
+            .blocking_send(item)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the transfer stopped"))
     }
 }
 

@@ -406,7 +406,11 @@ impl ReceiverSession {
         })
     }
 
-    fn check_names(&self, i: usize, offered: &OfferedImage) -> Result<Vec<Reference>, SessionError> {
+    fn check_names(
+        &self,
+        i: usize,
+        offered: &OfferedImage,
+    ) -> Result<Vec<Reference>, SessionError> {
         let mut names = Vec::new();
         for name in &offered.names {
             let reference = name
@@ -1041,12 +1045,13 @@ mod tests {
             (manifest_of(&[("top", 50), ("base", 100)]), "DiffIDs"),
             (manifest_of(&[("base", 100)]), "DiffIDs"),
             (manifest_of(&[("base", 99), ("top", 50)]), "bytes here"),
-            (manifest_of(&[("base", 100), ("top", 51)]), "the manifest says"),
             (
-                manifest_of(&[("base", 100), ("top", 50)]).replace(
-                    &d("config").to_string(),
-                    &d("other").to_string(),
-                ),
+                manifest_of(&[("base", 100), ("top", 51)]),
+                "the manifest says",
+            ),
+            (
+                manifest_of(&[("base", 100), ("top", 50)])
+                    .replace(&d("config").to_string(), &d("other").to_string()),
                 "offered ID",
             ),
             (
