@@ -26,11 +26,28 @@ impl Listener {
     }
 
     pub fn start_on(env: &Env, port: u16, extra: &[&str]) -> Listener {
+        Self::start_with(env, port, extra, &[])
+    }
+
+    /// A listener on a free port with extra environment (`DOCKER_HOST`).
+    pub fn start_env(env: &Env, extra: &[&str], vars: &[(&str, &str)]) -> Listener {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Self::start_with(env, port, extra, vars)
+    }
+
+    fn start_with(env: &Env, port: u16, extra: &[&str], vars: &[(&str, &str)]) -> Listener {
         let addr = format!("127.0.0.1:{port}");
         let mut args = vec!["--no-progress", "listen", "--addr", &addr];
         args.extend_from_slice(extra);
-        let mut child = env
-            .cmd(&args)
+        let mut cmd = env.cmd(&args);
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
