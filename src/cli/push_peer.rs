@@ -182,7 +182,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<()> {
     };
     view.finish();
 
-    view.event(serde_json::json!({
+    let mut done = serde_json::json!({
         "event": "done",
         "dest": dest_arg,
         "images": summary.images,
@@ -191,10 +191,17 @@ pub fn run(args: Args, ctx: &Context) -> Result<()> {
         "blobs_skipped": summary.blobs_skipped,
         "bytes_raw": summary.bytes_raw,
         "bytes_wire": summary.bytes_wire,
-        "bytes_export": summary.bytes_export,
         "seconds": summary.seconds,
-        "engine": summary.engine,
-    }));
+    });
+    // Only where they apply: bytes of an engine's export read, and the
+    // receiving engine's report.
+    if summary.bytes_export > 0 {
+        done["bytes_export"] = summary.bytes_export.into();
+    }
+    if let Some(engine) = &summary.engine {
+        done["engine"] = serde_json::json!(engine);
+    }
+    view.event(done);
     if let Some(error) = summary.engine.and_then(|e| e.error) {
         bail!(
             "{dest_arg}: the images are in the receiver's store, but its Docker Engine did not load them: {error}"

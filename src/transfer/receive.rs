@@ -372,6 +372,12 @@ async fn deliver(
     loop {
         tokio::select! {
             result = &mut job => {
+                let bytes = fed.load(Ordering::Relaxed);
+                events.stage("engine", bytes, None);
+                if version >= 2 {
+                    let msg = Message::Progress { stage: "engine".into(), bytes };
+                    write_message(ctl_send, &msg, peer).await?;
+                }
                 return Ok(result.unwrap_or_else(|e| Err(format!("the engine load failed: {e}"))));
             }
             _ = tick.tick() => {

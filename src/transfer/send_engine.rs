@@ -219,6 +219,10 @@ pub async fn send_engine(
         }
     };
 
+    // Sizes are known now: show what the receiver already had.
+    for digest in offered.iter().filter(|d| !want.contains_key(*d)) {
+        events.skipped(digest, found.get(digest).copied().unwrap_or(0));
+    }
     let manifests = images
         .iter()
         .map(|i| String::from_utf8_lossy(&manifest_for(i, &found)).into_owned())
