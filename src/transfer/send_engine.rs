@@ -85,7 +85,14 @@ pub async fn send_engine(
     events: Arc<dyn SendEvents>,
 ) -> Result<Summary, TransferError> {
     let started = Instant::now();
-    let mut ctl = Control::open(conn, peer, opts).await?;
+    // The receiver may rightly say nothing for long: while this end reads
+    // layers it holds already, or while the engine prepares its export. A
+    // receiver that is gone is noticed by QUIC's idle timeout instead.
+    let patient = SendOptions {
+        timeout: Duration::from_secs(24 * 3600),
+        ..opts.clone()
+    };
+    let mut ctl = Control::open(conn, peer, &patient).await?;
 
     let offer = Message::Offer {
         images: images
@@ -148,18 +155,16 @@ pub async fn send_engine(
         source,
     })?;
     let mut stream: Option<(quinn::SendStream, Digest, u64, u64)> = None;
-    let mut last_report = Instant::now();
+    // Once a second, whether the export moves or not (Docker 20.10 writes
+    // a whole image to a temporary directory before the first byte): the
+    // receiver shows it, and its stall timer starts again.
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     let found = loop {
         tokio::select! {
             item = feed.recv() => match item {
                 Some(Feed::Read(n)) => {
                     events.stage("export", n, Some(total));
                     summary.bytes_export = n;
-                    if last_report.elapsed() >= Duration::from_secs(1) {
-                        last_report = Instant::now();
-                        let msg = Message::Progress { stage: "export".into(), bytes: n };
-                        ctl.say(&msg).await?;
-                    }
                 }
                 Some(Feed::Start { digest, size, offset }) => {
                     let mut s = conn
@@ -204,6 +209,10 @@ pub async fn send_engine(
                     });
                 }
             },
+            _ = tick.tick() => {
+                let msg = Message::Progress { stage: "export".into(), bytes: summary.bytes_export };
+                ctl.say(&msg).await?;
+            }
             msg = ctl.next() => match msg? {
                 Message::Done { .. } => {
                     return Err(SessionError::Unexpected {
