@@ -7,7 +7,7 @@ mod common;
 
 use std::process::Command;
 
-use common::peers::{Listener, done_event, image_in, trust};
+use common::peers::{Listener, done_event, image_in, partial_len, slow_push, trust, wait_partial};
 use common::{Env, corpus, in_ci, need, need_docker};
 
 /// A name no other test uses, removed from the engine when dropped.
@@ -437,11 +437,11 @@ impl Drop for SecondEngine {
 
 /// Builds `tag` in the local engine from a Dockerfile and files; removed
 /// when dropped.
-fn build(tag: &str, dockerfile: &str, files: &[(&str, &str)]) -> EngineName {
+fn build(tag: &str, dockerfile: &str, files: &[(&str, &[u8])]) -> EngineName {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
-    for (name, text) in files {
-        std::fs::write(dir.path().join(name), text).unwrap();
+    for (name, bytes) in files {
+        std::fs::write(dir.path().join(name), bytes).unwrap();
     }
     let out = Command::new("docker")
         .args(["build", "-q", "--network", "none", "-t", tag])
@@ -491,12 +491,12 @@ fn push_peer_from_the_engine_into_a_second_engine() {
     let app1 = build(
         "rimg-test-engine/peer-app1:1",
         "FROM rimg-test-engine/peer-base:1\nRUN echo one > /one\nCOPY hello.txt /hello.txt\nCMD [\"cat\", \"/one\", \"/hello.txt\"]\n",
-        &[("hello.txt", "hello from app1\n")],
+        &[("hello.txt", b"hello from app1\n")],
     );
     let app2 = build(
         "rimg-test-engine/peer-app2:1",
         "FROM rimg-test-engine/peer-base:1\nCOPY two.txt /two.txt\nCMD [\"cat\", \"/two.txt\"]\n",
-        &[("two.txt", "two\n")],
+        &[("two.txt", b"two\n")],
     );
 
     let (sender, receiver) = (Env::new(), Env::new());
@@ -584,4 +584,63 @@ fn push_peer_of_a_missing_engine_image_is_the_engines_word() {
 
     let err = env.fails(&["push-peer", "docker-daemon:busybox", "bb:1", "127.0.0.1:9"]);
     assert!(err.contains("not both"), "{err}");
+}
+
+/// Bytes no compressor shrinks (xorshift), so that `--bwlimit` paces them.
+fn noise(len: usize) -> Vec<u8> {
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A push from the engine killed in the middle of a layer resumes: the
+/// export is read again from its start, but the bytes the receiver holds
+/// are skipped, not sent again.
+#[test]
+fn a_killed_push_from_the_engine_resumes_where_it_stopped() {
+    if !need_docker() {
+        return;
+    }
+    let _base = EngineImage::busybox("rimg-test-engine/resume-base:1");
+    let app = build(
+        "rimg-test-engine/resume:1",
+        "FROM rimg-test-engine/resume-base:1\nCOPY big.bin /big.bin\n",
+        &[("big.bin", &noise(24 << 20))],
+    );
+    let (sender, receiver) = (Env::new(), Env::new());
+    trust(&receiver, &sender);
+    let listener = Listener::start(&receiver, &["--stall-timeout", "3"]);
+    let source = format!("docker-daemon:{}", app.0);
+
+    let mut push = slow_push(&sender, &source, &listener.addr);
+    wait_partial(&receiver, 6 << 20);
+    push.kill().unwrap();
+    push.wait().unwrap();
+    let held = partial_len(&receiver);
+    listener.wait_log("transfer failed");
+
+    let out = sender.ok(&["push-peer", "--json", &source, &listener.addr]);
+    let done = done_event(&out);
+    let (id, diff_ids) = image_in(&receiver, &format!("docker.io/{}", app.0));
+    let all: u64 = std::iter::once(&id)
+        .chain(&diff_ids)
+        .map(|d| blob_size(&receiver, d))
+        .sum();
+    let sent = done["bytes_raw"].as_u64().unwrap();
+    assert!(
+        sent + held <= all,
+        "sent {sent} of {all} bytes again, though {held} were held: {done}"
+    );
+    let inspect = Command::new("docker")
+        .args(["inspect", "--format", "{{.Id}}", &app.0])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&inspect.stdout).trim(), id);
+    receiver.assert_consistent();
 }

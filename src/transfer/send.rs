@@ -109,13 +109,23 @@ pub struct LoadedImage {
 }
 
 /// Keeps all streams together under `--bwlimit`.
-struct RateLimit {
+pub(super) struct RateLimit {
     rate: u64,
     state: Mutex<(Instant, u64)>,
 }
 
 impl RateLimit {
-    async fn pace(&self, bytes: usize) {
+    /// `--bwlimit`, when given.
+    pub(super) fn new(bwlimit: Option<u64>) -> Option<Arc<RateLimit>> {
+        bwlimit.map(|rate| {
+            Arc::new(RateLimit {
+                rate: rate.max(1),
+                state: Mutex::new((Instant::now(), 0)),
+            })
+        })
+    }
+
+    pub(super) async fn pace(&self, bytes: usize) {
         let wait = {
             let mut s = self.state.lock().expect("not poisoned");
             s.1 += bytes as u64;
@@ -189,12 +199,7 @@ pub async fn send(
         opts.compress,
         streams.min(wanted.len().max(1)),
     ));
-    let limit = opts.bwlimit.map(|rate| {
-        Arc::new(RateLimit {
-            rate: rate.max(1),
-            state: Mutex::new((Instant::now(), 0)),
-        })
-    });
+    let limit = RateLimit::new(opts.bwlimit);
     let mut queue = wanted.into_iter();
     let mut tasks = JoinSet::new();
     let mut spawn_next = |tasks: &mut JoinSet<_>| {

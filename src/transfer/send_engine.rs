@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::auto::{Choice, Chooser};
-use super::send::{Control, SendEvents, SendOptions, Summary, on_message};
+use super::send::{Control, RateLimit, SendEvents, SendOptions, Summary, on_message};
 use super::session::{SessionError, check_want_all};
 use super::wire::{BlobHeader, ChunkKind, DeferredImage, Message, OfferedImage, encode_chunk};
 use super::{TransferError, close};
@@ -150,6 +150,7 @@ pub async fn send_engine(
 
     let total: u64 = images.iter().map(|i| i.size).sum();
     let chooser = Chooser::new(opts.compress, 1);
+    let limit = RateLimit::new(opts.bwlimit);
     let mut compressor = zstd::bulk::Compressor::new(1).map_err(|source| TransferError::Io {
         what: "zstd".into(),
         source,
@@ -184,6 +185,9 @@ pub async fn send_engine(
                     let t = Instant::now();
                     s.write_all(&frame).await.map_err(|e| write_error(peer, e))?;
                     chooser.record_wire(frame.len(), t.elapsed());
+                    if let Some(limit) = &limit {
+                        limit.pace(frame.len()).await;
+                    }
                     events.progress(digest, bytes.len() as u64);
                     *raw += bytes.len() as u64;
                     *wire += frame.len() as u64;

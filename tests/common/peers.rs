@@ -137,3 +137,51 @@ pub fn image_in(env: &Env, tag: &str) -> (String, Vec<String>) {
         .collect();
     (id, diff_ids)
 }
+
+/// The largest partial blob in a store.
+pub fn partial_len(env: &Env) -> u64 {
+    std::fs::read_dir(env.root().join(".rimg/partial"))
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
+/// Starts a rate-limited push in the background.
+pub fn slow_push(sender: &Env, image: &str, addr: &str) -> Child {
+    sender
+        .cmd(&[
+            "--no-progress",
+            "push-peer",
+            "--bwlimit",
+            "4M",
+            "--compress",
+            "none",
+            "--accept-new",
+            image,
+            addr,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("push starts")
+}
+
+/// Waits until a partial blob holds `at_least` bytes.
+pub fn wait_partial(env: &Env, at_least: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let len = partial_len(env);
+        if len >= at_least {
+            return len;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "partial blob stuck at {len} bytes"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
