@@ -152,8 +152,12 @@ pub fn split_export<R: Read>(
                 let layer = chains.iter().find_map(|(chains, diff_ids)| {
                     identify_layer(dir, &json, chains).map(|i| diff_ids[i].clone())
                 });
-                if let Some(digest) = layer {
-                    dirs.insert(dir.to_string(), digest);
+                match layer {
+                    Some(digest) => {
+                        tracing::debug!(dir, %digest, "identified a layer directory");
+                        dirs.insert(dir.to_string(), digest);
+                    }
+                    None => tracing::debug!(dir, "a layer directory not identified"),
                 }
                 None
             }
@@ -182,6 +186,7 @@ pub fn split_export<R: Read>(
         };
 
         if let Some(digest) = named {
+            tracing::trace!(path, %digest, size, wanted = want.contains_key(&digest), "blob");
             found.insert(digest.clone(), size);
             if let Some(&offset) = want.get(&digest)
                 && sent.insert(digest.clone())

@@ -118,6 +118,12 @@ pub async fn send_engine(
         .iter()
         .map(|w| (w.digest.clone(), w.offset))
         .collect();
+    tracing::debug!(
+        peer,
+        offered = offered.len(),
+        wanted = want.len(),
+        "the receiver's answer to the deferred offer"
+    );
     let mut summary = Summary {
         blobs_total: offered.len(),
         blobs_sent: want.len(),
