@@ -1,19 +1,30 @@
 #!/usr/bin/env bash
 # Measures `rimg push-peer` against the ssh pipelines a user would type,
 # and against the floor (the same bytes written to the receiver's disk and
-# synced), in one run, first over loopback, then over links this script
-# makes with network namespaces, a veth pair and a tbf rate limit.
+# synced), in one run: over loopback; from one Docker Engine into a second
+# one this script starts (push-peer docker-daemon: --into docker-daemon
+# against docker save | zstd | ssh | docker load); then over links this
+# script makes with network namespaces, a veth pair and a tbf rate limit.
 #
-# Needs root (namespaces, sshd), sshd, zstd, bzip2, /usr/bin/time.
-# Usage: scripts/bench-transfer.sh [--skip-links]
-# BENCH_SKIP_BZIP2=1 leaves out the bzip2 pipeline (minutes on its own).
+# Needs root (namespaces, sshd, a second dockerd), sshd, zstd, bzip2, jq,
+# /usr/bin/time, and for the engine case a running Docker Engine and dockerd.
+# Usage: scripts/bench-transfer.sh [--skip-loopback] [--skip-engine] [--skip-links]
+# BENCH_SKIP_BZIP2=1 leaves out the bzip2 pipelines (minutes each).
 # Figures are printed as a table on stdout; ratios are against the floor
 # and the pipelines of the same run, never absolute targets.
 
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SKIP_LINKS=${1:-}
+SKIP_LOOPBACK="" SKIP_ENGINE="" SKIP_LINKS=""
+for arg in "$@"; do
+    case $arg in
+    --skip-loopback) SKIP_LOOPBACK=1 ;;
+    --skip-engine) SKIP_ENGINE=1 ;;
+    --skip-links) SKIP_LINKS=1 ;;
+    *) echo "unknown argument $arg" >&2; exit 2 ;;
+    esac
+done
 cargo build --release --quiet --bin rimg --example seed_store
 RIMG=$PWD/target/release/rimg
 SEED=$PWD/target/release/examples/seed_store
@@ -21,9 +32,12 @@ SEED=$PWD/target/release/examples/seed_store
 W=$(mktemp -d /var/tmp/rimg-bench.XXXXXX)
 SSHD_PID=""
 LISTEN_PID=""
+ENGINE2_PID=""
 cleanup() {
     [ -n "$LISTEN_PID" ] && kill "$LISTEN_PID" 2>/dev/null || true
     [ -n "$SSHD_PID" ] && kill "$SSHD_PID" 2>/dev/null || true
+    declare -F stop_engine2 >/dev/null && stop_engine2
+    docker rmi -f rimg-bench-e:1 rimg-bench-e:2 >/dev/null 2>&1 || true
     ip netns del rb_a 2>/dev/null || true
     ip netns del rb_b 2>/dev/null || true
     rm -rf "$W"
@@ -146,7 +160,7 @@ scenario() { # title prefix-send prefix-recv host
     push "$send" "$host:$port" bench:2
     row "push-peer all present" "$SECS" "$TOTAL" "$(jq -c '{blobs_sent,blobs_skipped}' "$W/done.json")"
     stop_listener
-    row "  cold / floor" "$(awk -v a="$COLD" -v b="$FLOOR" 'BEGIN { printf "%.2f", a / b }')" 0 "(ratio)"
+    echo "  cold / floor: $(awk -v a="$COLD" -v b="$FLOOR" 'BEGIN { printf "%.2f", a / b }')"
 
     start_sshd "$recv"
     pipeline "ssh (default cipher)" "$send" "$host" "" cat cat
@@ -158,11 +172,91 @@ scenario() { # title prefix-send prefix-recv host
     stop_sshd
 }
 
+# --- Engine to engine --------------------------------------------------------
+# A second engine with its own data root, socket and bridge (dockerd
+# --bridge=none would delete the machine's docker0).
+E2=/var/tmp/rimg-bench-e2
+E2_BRIDGE=rimgbench0
+start_engine2() {
+    rm -rf "$E2" && mkdir -p "$E2"
+    echo '{}' >"$E2/cfg.json"
+    ip link add "$E2_BRIDGE" type bridge && ip addr add 10.232.0.1/24 dev "$E2_BRIDGE" &&
+        ip link set "$E2_BRIDGE" up
+    dockerd --config-file "$E2/cfg.json" --data-root "$E2/root" --exec-root "$E2/exec" \
+        --pidfile "$E2/pid" -H "unix://$E2/sock" --bridge="$E2_BRIDGE" \
+        --iptables=false --ip6tables=false --storage-driver fuse-overlayfs >"$E2/log" 2>&1 &
+    ENGINE2_PID=$!
+    for _ in $(seq 300); do docker -H "unix://$E2/sock" info >/dev/null 2>&1 && return 0; sleep 0.2; done
+    echo "the second engine did not start:" >&2; cat "$E2/log" >&2; return 1
+}
+stop_engine2() {
+    if [ -n "$ENGINE2_PID" ]; then
+        kill "$ENGINE2_PID" 2>/dev/null || true
+        wait "$ENGINE2_PID" 2>/dev/null || true
+        ENGINE2_PID=""
+    fi
+    ip link del "$E2_BRIDGE" 2>/dev/null || true
+    rm -rf "$E2"
+}
+e2() { docker -H "unix://$E2/sock" "$@"; }
+e2_empty() { e2 rmi -f rimg-bench-e:1 rimg-bench-e:2 >/dev/null 2>&1 || true; e2 image prune -af >/dev/null 2>&1 || true; }
+
+engine_pipeline() { # label image compress decompress
+    local ssh="ssh -p $SSH_PORT -i $W/ssh/client_key -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -c aes128-gcm@openssh.com"
+    timed sh -c "docker save $2 | $3 | $ssh root@127.0.0.1 '$4 | docker -H unix://$E2/sock load'"
+    row "$1" "$SECS" "$TOTAL" "sender peak $((PEAK_KIB / 1024)) MiB"
+}
+
+engine_scenario() {
+    echo
+    echo "== Docker Engine to a second Docker Engine (loopback) =="
+    # Both bench images into the first engine, through our own archive.
+    "$RIMG" --root "$W/src" save bench:1 bench:2 | docker load -q >/dev/null
+    docker tag bench:1 rimg-bench-e:1 && docker tag bench:2 rimg-bench-e:2
+    docker rmi bench:1 bench:2 >/dev/null
+    start_engine2
+
+    rm -rf "$W/dst"
+    $1 env DOCKER_HOST="unix://$E2/sock" RIMG_CONFIG="$W/cfg-dst" "$RIMG" --root "$W/dst" --no-progress \
+        listen --into docker-daemon --addr 127.0.0.1:7424 2>"$W/listen.log" &
+    LISTEN_PID=$!
+    for _ in $(seq 100); do grep -q "listening on" "$W/listen.log" && break; sleep 0.05; done
+    sync
+    push "" 127.0.0.1:7424 docker-daemon:rimg-bench-e:1
+    local cold=$SECS
+    row "push-peer docker-daemon: cold" "$SECS" "$TOTAL" \
+        "sender peak $((PEAK_KIB / 1024)) MiB; $(jq -c '{bytes_raw,bytes_wire,blobs_sent}' "$W/done.json")"
+    e2 run --rm --network none rimg-bench-e:1 /usr/bin/true >/dev/null && echo "  (the image runs in the second engine)"
+    push "" 127.0.0.1:7424 docker-daemon:rimg-bench-e:2
+    local warm=$SECS
+    row "push-peer docker-daemon: warm (top changed)" "$SECS" "$TOTAL" \
+        "$(jq -c '{bytes_raw,blobs_sent,blobs_skipped}' "$W/done.json")"
+    stop_listener
+
+    start_sshd ""
+    e2_empty
+    engine_pipeline "docker save | zstd -T0 | ssh | docker load: cold" rimg-bench-e:1 "zstd -T0 -q" "zstd -d -q"
+    local zcold=$SECS
+    engine_pipeline "docker save | zstd -T0 | ssh | docker load: warm" rimg-bench-e:2 "zstd -T0 -q" "zstd -d -q"
+    local zwarm=$SECS
+    if [ -z "${BENCH_SKIP_BZIP2:-}" ]; then
+        e2_empty
+        engine_pipeline "docker save | bzip2 | ssh | docker load: cold" rimg-bench-e:1 "bzip2 -c" "bzip2 -d"
+        engine_pipeline "docker save | bzip2 | ssh | docker load: warm" rimg-bench-e:2 "bzip2 -c" "bzip2 -d"
+    fi
+    stop_sshd
+    echo "  cold: zstd pipeline / push-peer = $(awk -v a="$zcold" -v b="$cold" 'BEGIN { printf "%.2f", a / b }')x;" \
+        "warm: zstd pipeline / push-peer = $(awk -v a="$zwarm" -v b="$warm" 'BEGIN { printf "%.2f", a / b }')x"
+    declare -F stop_engine2 >/dev/null && stop_engine2
+    docker rmi rimg-bench-e:1 rimg-bench-e:2 >/dev/null
+}
+
 echo "rimg push-peer benchmark, $(date -u +%FT%TZ), $(nproc) cores; image $TOTAL bytes in 2 layers"
 [ $HAVE_SAVE = 1 ] || echo "note: this build has no save/load; pipelines stream the layer bytes into a synced file"
-scenario "loopback" "" "" 127.0.0.1
+[ -n "$SKIP_LOOPBACK" ] || scenario "loopback" "" "" 127.0.0.1
+[ -n "$SKIP_ENGINE" ] || engine_scenario ""
 
-[ "$SKIP_LINKS" = "--skip-links" ] && exit 0
+[ -n "$SKIP_LINKS" ] && exit 0
 
 link() { # rate
     ip netns del rb_a 2>/dev/null || true

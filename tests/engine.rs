@@ -7,8 +7,8 @@ mod common;
 
 use std::process::Command;
 
-use common::peers::{Listener, trust};
-use common::{Env, corpus, need_docker};
+use common::peers::{Listener, done_event, image_in, partial_len, slow_push, trust, wait_partial};
+use common::{Env, corpus, in_ci, need, need_docker};
 
 /// A name no other test uses, removed from the engine when dropped.
 struct EngineImage(String);
@@ -123,15 +123,20 @@ fn a_missing_image_is_the_engines_word_and_changes_nothing() {
 fn no_engine_at_docker_host_says_so_with_a_hint() {
     let env = Env::new();
     let socket = env.path("no-engine.sock");
-    let out = env
-        .cmd(&["load", "--from", "docker-daemon:busybox"])
-        .env("DOCKER_HOST", format!("unix://{}", socket.display()))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("cannot reach the Docker Engine"), "{err}");
-    assert!(err.contains("hint: is the Docker daemon running?"), "{err}");
+    for args in [
+        &["load", "--from", "docker-daemon:busybox"][..],
+        &["push-peer", "docker-daemon:busybox", "127.0.0.1:9"],
+    ] {
+        let out = env
+            .cmd(args)
+            .env("DOCKER_HOST", format!("unix://{}", socket.display()))
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("cannot reach the Docker Engine"), "{err}");
+        assert!(err.contains("hint: is the Docker daemon running?"), "{err}");
+    }
 
     // A socket that refuses connections (nothing listens on it).
     let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
@@ -215,6 +220,13 @@ fn a_listener_into_the_engine_sends_it_only_the_layers_it_lacks() {
         out.contains(&format!("Loaded image: {} on", pushed.0)),
         "{out}"
     );
+    assert!(
+        out.contains(&format!(
+            "Loaded image: {} into the Docker Engine on {}",
+            pushed.0, listener.addr
+        )),
+        "the sender reports the receiving engine's result: {out}"
+    );
     listener.wait_log(&format!("Loaded image: {}", pushed.0));
     let log = listener.log();
     assert!(
@@ -233,7 +245,8 @@ fn a_listener_into_the_engine_sends_it_only_the_layers_it_lacks() {
 
 /// An image the engine refuses (a Windows image on a Linux engine): the
 /// listener logs the engine's own message, keeps serving, and its store
-/// keeps the image, consistent.
+/// keeps the image, consistent; the sender hears the engine's message and
+/// fails, as the image did not reach the engine.
 #[test]
 fn a_load_the_engine_refuses_is_logged_with_its_message() {
     if !need_docker() {
@@ -262,7 +275,12 @@ fn a_load_the_engine_refuses_is_logged_with_its_message() {
     trust(&receiver, &sender);
     let listener = Listener::start(&receiver, &["--into", "docker-daemon"]);
 
-    sender.ok(&["push-peer", "--accept-new", name, &listener.addr]);
+    let err = sender.fails(&["push-peer", "--accept-new", name, &listener.addr]);
+    assert!(
+        err.contains("in the receiver's store, but its Docker Engine did not load them")
+            && err.to_lowercase().contains("windows"),
+        "{err}"
+    );
     listener.wait_log("loading into the Docker Engine failed");
     let log = listener.log();
     assert!(log.contains("the Docker Engine refused the load"), "{log}");
@@ -274,7 +292,8 @@ fn a_load_the_engine_refuses_is_logged_with_its_message() {
     assert!(receiver.ok(&["images", "-q"]).lines().count() == 1);
 
     // Still serving.
-    sender.ok(&["push-peer", name, &listener.addr]);
+    let err = sender.fails(&["push-peer", name, &listener.addr]);
+    assert!(err.contains("did not load them"), "{err}");
 }
 
 #[test]
@@ -298,4 +317,330 @@ impl Drop for EngineName {
     fn drop(&mut self) {
         let _ = Command::new("docker").args(["rmi", &self.0]).output();
     }
+}
+
+/// A second Docker Engine, private to one test, so that the receiving
+/// engine does not already hold the sender's layers. It runs as root only
+/// (its own data root, exec root and socket under a short path, as a unix
+/// socket path is limited); stopped with SIGTERM and waited for on drop.
+///
+/// It gets a bridge of its own: `dockerd --bridge=none` deletes the
+/// machine's `docker0` at start (moby's removeDefaultBridgeInterface),
+/// which breaks `docker run` on the first engine.
+struct SecondEngine {
+    dir: std::path::PathBuf,
+    bridge: String,
+    child: std::process::Child,
+}
+
+impl SecondEngine {
+    /// `None` (skip) without root or dockerd; a failure under CI=true.
+    fn start() -> Option<SecondEngine> {
+        let is_root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+        if !is_root {
+            assert!(!in_ci(), "a second Docker Engine needs root under CI=true");
+            eprintln!("skipping: starting a second Docker Engine needs root");
+            return None;
+        }
+        if !need("dockerd", &["dockerd", "--version"]) {
+            return None;
+        }
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::path::PathBuf::from(format!("/var/tmp/rimg-de-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // The machine's daemon.json sets a data root: read none.
+        std::fs::write(dir.join("cfg.json"), "{}").unwrap();
+        let bridge = format!(
+            "rimgbr{}",
+            (std::process::id() % 10000) * 10 + n as u32 % 10
+        );
+        let subnet = format!("10.231.{}.1/24", (std::process::id() as usize + n) % 250);
+        let ip = |args: &[&str]| Command::new("ip").args(args).status().unwrap().success();
+        assert!(
+            ip(&["link", "add", &bridge, "type", "bridge"])
+                && ip(&["addr", "add", &subnet, "dev", &bridge])
+                && ip(&["link", "set", &bridge, "up"]),
+            "making bridge {bridge}"
+        );
+        let log = std::fs::File::create(dir.join("log")).unwrap();
+        let child = Command::new("dockerd")
+            .arg("--config-file")
+            .arg(dir.join("cfg.json"))
+            .arg("--data-root")
+            .arg(dir.join("root"))
+            .arg("--exec-root")
+            .arg(dir.join("exec"))
+            .arg("--pidfile")
+            .arg(dir.join("pid"))
+            .arg("-H")
+            .arg(format!("unix://{}/sock", dir.display()))
+            .arg(format!("--bridge={bridge}"))
+            .args([
+                "--iptables=false",
+                "--ip6tables=false",
+                "--storage-driver",
+                "fuse-overlayfs",
+            ])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("dockerd starts");
+        let engine = SecondEngine { dir, bridge, child };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !engine.docker(&["info"]).status.success() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the second engine did not start: {}",
+                std::fs::read_to_string(engine.dir.join("log")).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        Some(engine)
+    }
+
+    fn host(&self) -> String {
+        format!("unix://{}/sock", self.dir.display())
+    }
+
+    fn docker(&self, args: &[&str]) -> std::process::Output {
+        Command::new("docker")
+            .arg("-H")
+            .arg(self.host())
+            .args(args)
+            .output()
+            .expect("docker runs")
+    }
+}
+
+impl Drop for SecondEngine {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Builds `tag` in the local engine from a Dockerfile and files; removed
+/// when dropped.
+fn build(tag: &str, dockerfile: &str, files: &[(&str, &[u8])]) -> EngineName {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
+    for (name, bytes) in files {
+        std::fs::write(dir.path().join(name), bytes).unwrap();
+    }
+    let out = Command::new("docker")
+        .args(["build", "-q", "--network", "none", "-t", tag])
+        .arg(dir.path())
+        .env("DOCKER_BUILDKIT", "0")
+        .output()
+        .expect("docker runs");
+    assert!(out.status.success(), "docker build: {out:?}");
+    EngineName(tag.to_string())
+}
+
+/// The manifest digest the store tags `name` with.
+fn manifest_digest(env: &Env, name: &str) -> String {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.root().join("index.json")).unwrap()).unwrap();
+    let full = format!("docker.io/{name}");
+    index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["io.containerd.image.name"] == full.as_str())
+        .unwrap_or_else(|| panic!("{name} not in {index}"))["digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn blob_size(env: &Env, digest: &str) -> u64 {
+    std::fs::metadata(env.root().join("blobs/sha256").join(&digest[7..]))
+        .unwrap()
+        .len()
+}
+
+/// Issue 5: `push-peer docker-daemon:NAME` to a listener that loads into
+/// another engine. The image runs there; a second image on the same base
+/// sends only its own layers; the sender prints the engine's result; and
+/// the manifest is the one `load --from docker-daemon:` makes.
+#[test]
+fn push_peer_from_the_engine_into_a_second_engine() {
+    if !need_docker() {
+        return;
+    }
+    let Some(second) = SecondEngine::start() else {
+        return;
+    };
+    let _base = EngineImage::busybox("rimg-test-engine/peer-base:1");
+    let app1 = build(
+        "rimg-test-engine/peer-app1:1",
+        "FROM rimg-test-engine/peer-base:1\nRUN echo one > /one\nCOPY hello.txt /hello.txt\nCMD [\"cat\", \"/one\", \"/hello.txt\"]\n",
+        &[("hello.txt", b"hello from app1\n")],
+    );
+    let app2 = build(
+        "rimg-test-engine/peer-app2:1",
+        "FROM rimg-test-engine/peer-base:1\nCOPY two.txt /two.txt\nCMD [\"cat\", \"/two.txt\"]\n",
+        &[("two.txt", b"two\n")],
+    );
+
+    let (sender, receiver) = (Env::new(), Env::new());
+    trust(&receiver, &sender);
+    let host = second.host();
+    let listener = Listener::start_env(
+        &receiver,
+        &["--into", "docker-daemon"],
+        &[("DOCKER_HOST", &host)],
+    );
+
+    // Everything travels: the receiver has nothing yet.
+    let source1 = format!("docker-daemon:{}", app1.0);
+    let out = sender.ok(&["push-peer", "--accept-new", &source1, &listener.addr]);
+    assert!(
+        out.contains(&format!("Loaded image: {} on {}", app1.0, listener.addr)),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "Loaded image: {} into the Docker Engine on {}",
+            app1.0, listener.addr
+        )),
+        "the engine's result: {out}"
+    );
+    let run = second.docker(&["run", "--rm", "--network", "none", &app1.0]);
+    assert!(run.status.success(), "{run:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout),
+        "one\nhello from app1\n"
+    );
+
+    let loaded = Env::new();
+    loaded.ok(&["load", "--from", &source1]);
+    assert_eq!(
+        manifest_digest(&receiver, &app1.0),
+        manifest_digest(&loaded, &app1.0),
+        "push-peer docker-daemon: and load --from docker-daemon: agree"
+    );
+
+    // The same base: only app2's config and its own layer travel.
+    let source2 = format!("docker-daemon:{}", app2.0);
+    let out = sender.ok(&["push-peer", "--json", &source2, &listener.addr]);
+    let done = done_event(&out);
+    assert_eq!(done["blobs_total"], 3, "{done}");
+    assert_eq!(done["blobs_skipped"], 1, "{done}");
+    assert_eq!(done["blobs_sent"], 2, "{done}");
+    let (id2, diff_ids2) = image_in(&receiver, &format!("docker.io/{}", app2.0));
+    let own = blob_size(&receiver, &id2) + blob_size(&receiver, &diff_ids2[1]);
+    assert_eq!(done["bytes_raw"], own, "{done}");
+    assert!(done["bytes_export"].as_u64().unwrap() > own, "{done}");
+    let engine = out
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["event"] == "engine")
+        .unwrap_or_else(|| panic!("no engine event: {out}"));
+    let lines = engine["lines"].to_string();
+    assert!(
+        lines.contains("left out 1 it already holds")
+            && lines.contains(&format!("Loaded image: {}", app2.0)),
+        "{engine}"
+    );
+    let run = second.docker(&["run", "--rm", "--network", "none", &app2.0]);
+    assert!(run.status.success(), "{run:?}");
+    assert_eq!(String::from_utf8_lossy(&run.stdout), "two\n");
+    receiver.assert_consistent();
+}
+
+/// An engine image that does not exist: the engine's word and a hint,
+/// before any connection.
+#[test]
+fn push_peer_of_a_missing_engine_image_is_the_engines_word() {
+    if !need_docker() {
+        return;
+    }
+    let env = Env::new();
+    let err = env.fails(&[
+        "push-peer",
+        "docker-daemon:rimg-test-engine/absent:9",
+        "127.0.0.1:9",
+    ]);
+    assert!(err.contains("the Docker Engine has no image"), "{err}");
+    assert!(err.contains("No such image"), "{err}");
+    assert!(err.contains("hint:"), "{err}");
+
+    let err = env.fails(&["push-peer", "docker-daemon:busybox", "bb:1", "127.0.0.1:9"]);
+    assert!(err.contains("not both"), "{err}");
+}
+
+/// Bytes no compressor shrinks (xorshift), so that `--bwlimit` paces them.
+fn noise(len: usize) -> Vec<u8> {
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A push from the engine killed in the middle of a layer resumes: the
+/// export is read again from its start, but the bytes the receiver holds
+/// are skipped, not sent again.
+#[test]
+fn a_killed_push_from_the_engine_resumes_where_it_stopped() {
+    if !need_docker() {
+        return;
+    }
+    let _base = EngineImage::busybox("rimg-test-engine/resume-base:1");
+    let app = build(
+        "rimg-test-engine/resume:1",
+        "FROM rimg-test-engine/resume-base:1\nCOPY big.bin /big.bin\n",
+        &[("big.bin", &noise(24 << 20))],
+    );
+    let (sender, receiver) = (Env::new(), Env::new());
+    trust(&receiver, &sender);
+    let listener = Listener::start(&receiver, &["--stall-timeout", "3"]);
+    let source = format!("docker-daemon:{}", app.0);
+
+    let mut push = slow_push(&sender, &source, &listener.addr);
+    wait_partial(&receiver, 6 << 20);
+    push.kill().unwrap();
+    push.wait().unwrap();
+    let held = partial_len(&receiver);
+    listener.wait_log("transfer failed");
+
+    let out = sender.ok(&["push-peer", "--json", &source, &listener.addr]);
+    let done = done_event(&out);
+    let (id, diff_ids) = image_in(&receiver, &format!("docker.io/{}", app.0));
+    let all: u64 = std::iter::once(&id)
+        .chain(&diff_ids)
+        .map(|d| blob_size(&receiver, d))
+        .sum();
+    let sent = done["bytes_raw"].as_u64().unwrap();
+    assert!(
+        sent + held <= all,
+        "sent {sent} of {all} bytes again, though {held} were held: {done}"
+    );
+    let inspect = Command::new("docker")
+        .args(["inspect", "--format", "{{.Id}}", &app.0])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&inspect.stdout).trim(), id);
+    receiver.assert_consistent();
 }

@@ -15,7 +15,9 @@ use common::peers::{Listener, trust};
 use rimg::digest::Digest;
 use rimg::image::{Descriptor, MEDIA_OCI_CONFIG, MEDIA_OCI_LAYER, Manifest};
 use rimg::transfer::identity::Identity;
-use rimg::transfer::wire::{BlobHeader, ChunkKind, Message, OfferedImage, VERSION, encode_chunk};
+use rimg::transfer::wire::{
+    BlobHeader, ChunkKind, DeferredImage, Message, OfferedImage, VERSION, encode_chunk,
+};
 use rimg::transfer::{read_message, tls, write_message};
 
 struct Hostile {
@@ -74,7 +76,30 @@ impl Hostile {
         self.say(&Message::Offer {
             images: vec![OfferedImage {
                 names: vec!["evil:1".into()],
-                manifest: String::from_utf8(manifest.to_bytes()).unwrap(),
+                manifest: Some(String::from_utf8(manifest.to_bytes()).unwrap()),
+                deferred: None,
+            }],
+        })
+        .await;
+    }
+
+    /// Hello, then an offer of one deferred image (as from an engine).
+    async fn offer_deferred(&mut self, id: &Digest, diff_ids: &[Digest]) {
+        self.say(&Message::Hello {
+            version: VERSION,
+            token: None,
+        })
+        .await;
+        assert_eq!(self.hear().await, Message::Welcome { version: VERSION });
+        self.say(&Message::Offer {
+            images: vec![OfferedImage {
+                names: vec!["evil:2".into()],
+                manifest: None,
+                deferred: Some(DeferredImage {
+                    id: id.clone(),
+                    diff_ids: diff_ids.to_vec(),
+                    size_hint: 100,
+                }),
             }],
         })
         .await;
@@ -101,6 +126,7 @@ async fn send_blob(
     let header = BlobHeader {
         digest: digest.clone(),
         offset: 0,
+        size: None,
     };
     stream.write_all(&header.encode()).await.unwrap();
     for chunk in chunks {
@@ -273,4 +299,111 @@ fn transfers_beyond_max_transfers_are_refused_as_busy() {
         assert!(reason.contains("busy"), "{reason}");
     });
     listener.wait_log("transfers already in progress");
+}
+
+/// A blob stream for a blob wanted without a size: the header says it.
+async fn send_sized_blob(conn: &quinn::Connection, digest: &Digest, bytes: &[u8], size: u64) {
+    let mut stream = conn.open_uni().await.unwrap();
+    let header = BlobHeader {
+        digest: digest.clone(),
+        offset: 0,
+        size: Some(size),
+    };
+    stream.write_all(&header.encode()).await.unwrap();
+    stream
+        .write_all(&encode_chunk(ChunkKind::Raw, bytes))
+        .await
+        .unwrap();
+    stream.finish().unwrap();
+}
+
+fn manifest_text(config: (&Digest, u64), layers: &[(&Digest, u64)]) -> String {
+    let manifest = Manifest::new(
+        Descriptor::new(MEDIA_OCI_CONFIG, config.0.clone(), config.1),
+        layers
+            .iter()
+            .map(|(d, size)| Descriptor::new(MEDIA_OCI_LAYER, (*d).clone(), *size))
+            .collect(),
+    );
+    String::from_utf8(manifest.to_bytes()).unwrap()
+}
+
+/// A deferred offer whose manifest names other layers than the DiffIDs
+/// offered is refused when it arrives, and nothing is stored or tagged.
+#[test]
+fn a_deferred_manifest_that_disagrees_with_the_offer_is_refused() {
+    let (sender, receiver, listener) = setup(&[]);
+    let before = receiver.snapshot();
+    let (config, layer, other) = (b"{}".to_vec(), b"layer".to_vec(), b"other".to_vec());
+    let (id, diff, forged) = (Digest::of(&config), Digest::of(&layer), Digest::of(&other));
+    rt().block_on(async {
+        let mut h = connect(&sender, &listener.addr).await;
+        h.offer_deferred(&id, std::slice::from_ref(&diff)).await;
+        let Message::Want { blobs, deferred } = h.hear().await else {
+            panic!("expected a want");
+        };
+        assert!(blobs.is_empty());
+        assert_eq!(deferred.len(), 2, "config and layer, sizes unknown");
+        h.say(&Message::Manifests {
+            manifests: vec![manifest_text((&id, 2), &[(&forged, 5)])],
+        })
+        .await;
+        let reason = h.closed_reason().await;
+        assert!(
+            reason.contains("does not match what was offered")
+                && reason.contains("not the offered DiffIDs"),
+            "{reason}"
+        );
+    });
+    listener.wait_log("transfer failed");
+    assert_eq!(receiver.snapshot(), before);
+    receiver.assert_consistent();
+
+    // Sizes that disagree with the blobs as they arrived: the blobs are
+    // verified and kept (garbage for prune), but nothing is tagged.
+    rt().block_on(async {
+        let mut h = connect(&sender, &listener.addr).await;
+        h.offer_deferred(&id, std::slice::from_ref(&diff)).await;
+        assert!(matches!(h.hear().await, Message::Want { .. }));
+        send_sized_blob(&h.conn, &id, &config, 2).await;
+        send_sized_blob(&h.conn, &diff, &layer, 5).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        h.say(&Message::Manifests {
+            manifests: vec![manifest_text((&id, 2), &[(&diff, 6)])],
+        })
+        .await;
+        let reason = h.closed_reason().await;
+        assert!(
+            reason.contains("does not match what was offered") || reason.contains("with sizes"),
+            "{reason}"
+        );
+    });
+    assert_eq!(receiver.snapshot().index, before.index, "nothing tagged");
+    receiver.assert_consistent();
+}
+
+/// A blob of a deferred image is bounded by --max-blob-size as soon as its
+/// stream announces its size, before a byte is written.
+#[test]
+fn a_deferred_blob_over_the_size_limit_is_refused() {
+    let (sender, receiver, listener) = setup(&["--max-blob-size", "1000"]);
+    let before = receiver.snapshot();
+    let layer = vec![7u8; 2000];
+    let (id, diff) = (Digest::of(b"{}"), Digest::of(&layer));
+    rt().block_on(async {
+        let mut h = connect(&sender, &listener.addr).await;
+        h.offer_deferred(&id, std::slice::from_ref(&diff)).await;
+        assert!(matches!(h.hear().await, Message::Want { .. }));
+        send_sized_blob(&h.conn, &diff, &layer[..1000], 2000).await;
+        let reason = h.closed_reason().await;
+        assert!(reason.contains("accepts at most 1000"), "{reason}");
+    });
+    assert_eq!(receiver.snapshot(), before);
+    assert!(
+        std::fs::read_dir(receiver.root().join(".rimg/partial"))
+            .map(|d| d.count() == 0)
+            .unwrap_or(true),
+        "no partial file"
+    );
+    receiver.assert_consistent();
 }

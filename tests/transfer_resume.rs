@@ -5,60 +5,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
 
 use common::Env;
-use common::peers::{Listener, done_event, image_in, trust};
+use common::peers::{Listener, done_event, image_in, partial_len, slow_push, trust, wait_partial};
 use common::seed::{random_layer, seed_generated};
 
 const LAYER: usize = 48 << 20;
-
-fn partial_len(env: &Env) -> u64 {
-    std::fs::read_dir(env.root().join(".rimg/partial"))
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.metadata().ok())
-                .map(|m| m.len())
-                .max()
-                .unwrap_or(0)
-        })
-        .unwrap_or(0)
-}
-
-/// Starts a rate-limited push in the background.
-fn slow_push(sender: &Env, addr: &str) -> Child {
-    sender
-        .cmd(&[
-            "--no-progress",
-            "push-peer",
-            "--bwlimit",
-            "4M",
-            "--compress",
-            "none",
-            "--accept-new",
-            "big:1",
-            addr,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("push starts")
-}
-
-fn wait_partial(env: &Env, at_least: u64) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let len = partial_len(env);
-        if len >= at_least {
-            return len;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "partial blob stuck at {len} bytes"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 fn no_tag(root: &Path) -> bool {
     let index = std::fs::read_to_string(root.join("index.json")).unwrap_or_default();
@@ -77,7 +29,7 @@ fn killed_sender_then_killed_receiver_resume_where_they_stopped() {
     let port: u16 = listener.addr.rsplit_once(':').unwrap().1.parse().unwrap();
 
     // 1. Kill the sender mid-blob.
-    let mut push = slow_push(&sender, &listener.addr);
+    let mut push = slow_push(&sender, "big:1", &listener.addr);
     let first = wait_partial(&receiver, 8 << 20);
     push.kill().unwrap();
     push.wait().unwrap();
@@ -85,7 +37,7 @@ fn killed_sender_then_killed_receiver_resume_where_they_stopped() {
     receiver.assert_consistent();
 
     // 2. Resume, then kill the receiver mid-blob.
-    let mut push = slow_push(&sender, &listener.addr);
+    let mut push = slow_push(&sender, "big:1", &listener.addr);
     let second = wait_partial(&receiver, first + (8 << 20));
     listener.kill();
     push.kill().unwrap();

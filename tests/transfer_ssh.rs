@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::peers::{done_event, image_in};
 use common::seed::seed_archive;
-use common::{Env, corpus, need};
+use common::{Env, corpus, need, need_docker};
 
 struct Sshd {
     child: Child,
@@ -198,4 +198,71 @@ fn a_wrong_token_is_refused_by_the_bootstrap_receiver() {
     let out = child.wait_with_output().unwrap();
     assert!(!out.status.success(), "the receiver exits with an error");
     assert!(String::from_utf8_lossy(&out.stderr).contains("token"));
+}
+
+/// `push-peer --into docker-daemon docker-daemon:NAME user@host`: an
+/// engine image straight to an ssh receiver that loads it into its engine
+/// (here the same engine, which holds every layer already) and reports the
+/// engine's result to the sender before the transfer is done.
+#[test]
+fn push_from_the_engine_over_ssh_into_its_engine() {
+    if !need("sshd", &["test", "-x", "/usr/sbin/sshd"])
+        || !need("ssh", &["ssh", "-V"])
+        || !need_docker()
+    {
+        return;
+    }
+    let name = "rimg-test-ssh/bb:1";
+    let out = Command::new("docker")
+        .args(["load", "-q", "-i"])
+        .arg(corpus("d20-busybox.tar"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        Command::new("docker")
+            .args(["tag", "bb:1", name])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let _ = Command::new("docker").args(["rmi", "bb:1"]).output();
+    struct Remove(&'static str);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = Command::new("docker").args(["rmi", self.0]).output();
+        }
+    }
+    let _remove = Remove(name);
+
+    let (sender, receiver) = (Env::new(), Env::new());
+    let sshd = start_sshd(sender.dir.path());
+    let rsh = ssh_command(sender.dir.path(), sshd.port);
+    let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
+    let dest = format!("{user}@127.0.0.1");
+    let out = sender.ok(&[
+        "push-peer",
+        "--into",
+        "docker-daemon",
+        "-e",
+        &rsh,
+        "--remote-rimg",
+        env!("CARGO_BIN_EXE_rimg"),
+        "--remote-root",
+        &receiver.root().display().to_string(),
+        &format!("docker-daemon:{name}"),
+        &dest,
+    ]);
+    assert!(
+        out.contains(&format!("Loaded image: {name} on {dest}")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "Loaded image: {name} into the Docker Engine on {dest}"
+        )),
+        "{out}"
+    );
+    image_in(&receiver, &format!("docker.io/{name}"));
+    receiver.assert_consistent();
 }

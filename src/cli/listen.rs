@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 
 use rimg::store::Store;
 use rimg::transfer::identity::{Identity, TrustFile};
-use rimg::transfer::receive::{ReceiveOptions, serve};
+use rimg::transfer::receive::{Deliver, ReceiveOptions, serve};
 use rimg::transfer::session::Limits;
 use rimg::transfer::{close, tls};
 
@@ -55,6 +55,9 @@ pub fn run(args: Args, ctx: &Context) -> Result<()> {
             ..Limits::default()
         },
         stall: Duration::from_secs(args.stall_timeout.max(1)),
+        into: args
+            .into
+            .map(|_| Arc::new(super::into::EngineDelivery) as Arc<dyn Deliver>),
         ..ReceiveOptions::default()
     };
     let authorized = TrustFile::authorized(&config);
@@ -81,7 +84,6 @@ pub fn run(args: Args, ctx: &Context) -> Result<()> {
             let (store, opts, view) = (store.clone(), opts.clone(), view.clone());
             let authorized = TrustFile::authorized(&config);
             let max = args.max_transfers;
-            let into = args.into;
             tokio::spawn(async move {
                 let remote = incoming.remote_address();
                 let conn = match incoming.await {
@@ -97,7 +99,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<()> {
                     conn.close(close::BUSY.into(), reason.as_bytes());
                     return;
                 };
-                handle(conn, remote, &authorized, store, opts, view, into).await;
+                handle(conn, remote, &authorized, store, opts, view).await;
                 drop(slot);
             });
         }
@@ -112,7 +114,6 @@ async fn handle(
     store: Store,
     opts: ReceiveOptions,
     view: Arc<View>,
-    into: Option<super::into::Into>,
 ) {
     let Some(fingerprint) = tls::peer_fingerprint(&conn) else {
         conn.close(close::NOT_AUTHORIZED.into(), b"no client certificate");
@@ -152,16 +153,12 @@ async fn handle(
                     names.join(", ")
                 }
             );
-            if into.is_some() && !r.images.is_empty() {
-                let fed = tokio::task::spawn_blocking(move || {
-                    super::into::feed_engine(&store, &r.images)
-                })
-                .await;
-                match fed {
-                    Ok(Ok(lines)) => lines.iter().for_each(|l| eprintln!("{who}: {l}")),
-                    Ok(Err(e)) => eprintln!("{who}: loading into the Docker Engine failed: {e:#}"),
-                    Err(e) => eprintln!("{who}: loading into the Docker Engine failed: {e}"),
-                }
+            // Loaded into the engine before `done`, so the sender saw this
+            // too.
+            match &r.engine {
+                Some(Ok(lines)) => lines.iter().for_each(|l| eprintln!("{who}: {l}")),
+                Some(Err(e)) => eprintln!("{who}: loading into the Docker Engine failed: {e}"),
+                None => {}
             }
         }
         Err(e) => eprintln!("{who}: transfer failed: {}", e.one_line()),

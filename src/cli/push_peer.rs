@@ -5,6 +5,11 @@
 //! whose fingerprint is pinned in `known_peers`. DEST `[user@]host` starts
 //! `rimg receive --bootstrap` over ssh, which prints the port, fingerprint
 //! and token to connect with: ssh authenticates, QUIC carries the data.
+//!
+//! IMAGE `docker-daemon:NAME[:TAG]` (or `docker-daemon:ID`) is read from
+//! the local Docker Engine instead of the store: offered by ID and DiffIDs
+//! from its inspect data, then only the blobs the receiver lacks are sent
+//! out of one streamed export (`rimg::transfer::send_engine`).
 
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::net::SocketAddr;
@@ -19,7 +24,8 @@ use rimg::reference::Reference;
 use rimg::store::Store;
 use rimg::transfer::auto::Compress;
 use rimg::transfer::identity::{Identity, TrustEntry, TrustFile};
-use rimg::transfer::send::{Outgoing, SendOptions, send};
+use rimg::transfer::send::{Outgoing, SendOptions, Summary, send};
+use rimg::transfer::send_engine::{EngineOutgoing, OpenExport, send_engine};
 use rimg::transfer::{TransferError, close, tls};
 
 use super::id::ConfigArgs;
@@ -28,7 +34,8 @@ use super::{Context, Hinted};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Images (names, IDs or ID prefixes), then DEST: `host:port` for a
+    /// Images (names, IDs or ID prefixes, or `docker-daemon:NAME[:TAG]` for
+    /// images of the local Docker Engine), then DEST: `host:port` for a
     /// `rimg listen`, or `[user@]host` to start a receiver over ssh.
     #[arg(required = true, num_args = 2.., value_name = "IMAGE... DEST")]
     targets: Vec<String>,
@@ -116,10 +123,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<()> {
     let (dest_arg, names) = args.targets.split_last().expect("clap requires two");
     let dest = parse_dest(dest_arg)?;
     let store = ctx.store()?;
-    let images = names
-        .iter()
-        .map(|n| outgoing(&store, n))
-        .collect::<Result<Vec<_>>>()?;
+    let mut payload = Some(payload(&store, names)?);
     let config = args.config.dir();
     let identity = Identity::load_or_create(&config)?;
     let view = Arc::new(View::new(ctx.progress(), args.json, Some(dest_arg.clone())));
@@ -145,9 +149,10 @@ pub fn run(args: Args, ctx: &Context) -> Result<()> {
             let pin = |seen: &Digest| pin_listener(&config, &label, seen, args.accept_new, ctx);
             rt.block_on(async {
                 let (endpoint, conn) = connect(&identity, &host, port, pin).await?;
-                let result = send(&conn, &label, &store, &images, &opts, view.clone()).await;
+                let payload = payload.take().expect("sent once");
+                let result = push(&conn, &label, &store, payload, &opts, view.clone()).await;
                 finish_connection(&endpoint, &conn, &result).await;
-                result.map_err(anyhow::Error::from)
+                result.map_err(transfer_error)
             })?
         }
         Dest::Ssh { target, host } => {
@@ -166,9 +171,10 @@ pub fn run(args: Args, ctx: &Context) -> Result<()> {
                     }
                 };
                 let (endpoint, conn) = connect(&identity, &host, port, check).await?;
-                let result = send(&conn, &target, &store, &images, &opts, view.clone()).await;
+                let payload = payload.take().expect("sent once");
+                let result = push(&conn, &target, &store, payload, &opts, view.clone()).await;
                 finish_connection(&endpoint, &conn, &result).await;
-                result.map_err(anyhow::Error::from)
+                result.map_err(transfer_error)
             });
             reap(child, result.is_ok());
             result?
@@ -176,7 +182,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<()> {
     };
     view.finish();
 
-    view.event(serde_json::json!({
+    let mut done = serde_json::json!({
         "event": "done",
         "dest": dest_arg,
         "images": summary.images,
@@ -186,8 +192,141 @@ pub fn run(args: Args, ctx: &Context) -> Result<()> {
         "bytes_raw": summary.bytes_raw,
         "bytes_wire": summary.bytes_wire,
         "seconds": summary.seconds,
-    }));
+    });
+    // Only where they apply: bytes of an engine's export read, and the
+    // receiving engine's report.
+    if summary.bytes_export > 0 {
+        done["bytes_export"] = summary.bytes_export.into();
+    }
+    if let Some(engine) = &summary.engine {
+        done["engine"] = serde_json::json!(engine);
+    }
+    view.event(done);
+    if let Some(error) = summary.engine.and_then(|e| e.error) {
+        bail!(
+            "{dest_arg}: the images are in the receiver's store, but its Docker Engine did not load them: {error}"
+        );
+    }
     Ok(())
+}
+
+/// What one push sends: images of the store, or of the local engine.
+enum Payload {
+    Store(Vec<Outgoing>),
+    Engine(Vec<EngineOutgoing>, OpenExport),
+}
+
+fn payload(store: &Store, names: &[String]) -> Result<Payload> {
+    let engine_names = names
+        .iter()
+        .filter(|n| n.starts_with(rimg::engine::SCHEME))
+        .count();
+    if engine_names == 0 {
+        let images = names
+            .iter()
+            .map(|n| outgoing(store, n))
+            .collect::<Result<Vec<_>>>()?;
+        return Ok(Payload::Store(images));
+    }
+    if engine_names != names.len() {
+        return Err(Hinted {
+            message: "a push sends images of the store or of the Docker Engine, not both".into(),
+            hint: "push the docker-daemon: images and the others with two commands".into(),
+        }
+        .into());
+    }
+
+    let engine = super::connect_engine()?;
+    let images = names
+        .iter()
+        .map(|n| engine_outgoing(&engine, n))
+        .collect::<Result<Vec<_>>>()?;
+    let export_names: Vec<String> = names
+        .iter()
+        .filter_map(|n| rimg::engine::parse_source(n).map(String::from))
+        .collect();
+    let open: OpenExport = Box::new(move || {
+        let names: Vec<&str> = export_names.iter().map(String::as_str).collect();
+        let reader = engine.export_all(&names).map_err(std::io::Error::other)?;
+        // The engine's runtime drives the export: it lives as long as the
+        // reader.
+        Ok(Box::new(EngineExport {
+            reader,
+            _engine: engine,
+        }) as Box<dyn std::io::Read>)
+    });
+    Ok(Payload::Engine(images, open))
+}
+
+/// An engine's export together with the engine that streams it.
+struct EngineExport {
+    reader: rimg::engine::ExportReader,
+    _engine: rimg::engine::Engine,
+}
+
+impl std::io::Read for EngineExport {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.reader.read(buf)
+    }
+}
+
+/// An image of the local engine, from its inspect data, with the names it
+/// will get: the tag the user typed, or all its tags when named by ID.
+fn engine_outgoing(engine: &rimg::engine::Engine, source: &str) -> Result<EngineOutgoing> {
+    let Some(name) = rimg::engine::parse_source(source) else {
+        return Err(Hinted {
+            message: format!("unknown image source {source:?}"),
+            hint: "name an image in the local Docker Engine as docker-daemon:NAME[:TAG]".into(),
+        }
+        .into());
+    };
+    let image = engine.inspect(name).map_err(super::engine_error)?;
+    let tags: Vec<Reference> = image
+        .repo_tags
+        .iter()
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let typed = name.parse::<Reference>().ok().filter(|r| tags.contains(r));
+    let names = match typed {
+        Some(r) => vec![r.to_string()],
+        None => tags.iter().map(|t| t.to_string()).collect(),
+    };
+    Ok(EngineOutgoing {
+        source: source.to_string(),
+        names,
+        id: image.id,
+        diff_ids: image.diff_ids,
+        size: image.size,
+    })
+}
+
+/// Sends the payload over a checked connection.
+async fn push(
+    conn: &quinn::Connection,
+    peer: &str,
+    store: &Store,
+    payload: Payload,
+    opts: &SendOptions,
+    view: Arc<View>,
+) -> Result<Summary, TransferError> {
+    match payload {
+        Payload::Store(images) => send(conn, peer, store, &images, opts, view).await,
+        Payload::Engine(images, open) => send_engine(conn, peer, &images, open, opts, view).await,
+    }
+}
+
+/// A transfer error, with a hint where there is one.
+fn transfer_error(e: TransferError) -> anyhow::Error {
+    if let TransferError::Engine(export) = &e
+        && let Some(hint) = export.hint()
+    {
+        return Hinted {
+            message: e.one_line(),
+            hint: hint.into(),
+        }
+        .into();
+    }
+    e.into()
 }
 
 /// An image from the store with the names it will get: the tag the user

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Result, anyhow};
 
 use rimg::transfer::identity::Identity;
-use rimg::transfer::receive::{ReceiveOptions, serve};
+use rimg::transfer::receive::{Deliver, ReceiveOptions, serve};
 use rimg::transfer::tls;
 
 use super::Context;
@@ -53,6 +53,9 @@ pub fn run(args: Args, ctx: &Context) -> Result<()> {
     let token = random_token()?;
     let opts = ReceiveOptions {
         token: Some(token.clone()),
+        into: args
+            .into
+            .map(|_| Arc::new(super::into::EngineDelivery) as Arc<dyn Deliver>),
         ..ReceiveOptions::default()
     };
 
@@ -79,15 +82,10 @@ pub fn run(args: Args, ctx: &Context) -> Result<()> {
         // Let the close (and its reason, on failure) reach the sender.
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
         let received = result?;
-        if args.into.is_some() && !received.images.is_empty() {
-            // stderr reaches the sender's terminal through ssh.
-            let lines = tokio::task::spawn_blocking(move || {
-                super::into::feed_engine(&store, &received.images)
-            })
-            .await??;
-            for line in lines {
-                eprintln!("{line}");
-            }
+        // The engine's report went to the sender in the transfer; a failed
+        // load is this command's failure too.
+        if let Some(Err(e)) = received.engine {
+            return Err(anyhow!("loading into the Docker Engine failed: {e}"));
         }
         Ok(())
     })

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use rimg::digest::Digest;
 use rimg::progress::{Bar, Progress};
 use rimg::transfer::receive::ReceiveEvents;
-use rimg::transfer::send::SendEvents;
+use rimg::transfer::send::{EngineReport, SendEvents};
 use rimg::transfer::wire::WantedBlob;
 
 pub struct View {
@@ -19,6 +19,8 @@ pub struct View {
     dest: Option<String>,
     bars: Mutex<HashMap<Digest, Bar>>,
     total: Mutex<Option<Bar>>,
+    /// Long stages: reading an engine's export, feeding an engine.
+    stages: Mutex<HashMap<String, Bar>>,
 }
 
 impl View {
@@ -29,6 +31,7 @@ impl View {
             dest,
             bars: Mutex::new(HashMap::new()),
             total: Mutex::new(None),
+            stages: Mutex::new(HashMap::new()),
         }
     }
 
@@ -96,6 +99,26 @@ impl View {
         if let Some(total) = self.total.lock().expect("not poisoned").take() {
             total.finish("done");
         }
+        for (_, bar) in self.stages.lock().expect("not poisoned").drain() {
+            bar.finish("done");
+        }
+    }
+
+    /// A bar for a long stage, moved to `bytes`.
+    fn stage(&self, stage: &str, bytes: u64, total: Option<u64>) {
+        let label = match stage {
+            "export" => "engine export",
+            "engine" => "engine load",
+            _ => return,
+        };
+        let mut stages = self.stages.lock().expect("not poisoned");
+        let bar = stages
+            .entry(stage.to_string())
+            .or_insert_with(|| self.progress.bytes(label, total));
+        let at = bar.position();
+        if bytes > at {
+            bar.inc(bytes - at);
+        }
     }
 
     fn loaded(&self, id: &Digest, names: &[String]) {
@@ -139,6 +162,28 @@ impl SendEvents for View {
     fn loaded(&self, id: &Digest, names: &[String]) {
         View::loaded(self, id, names);
     }
+    fn stage(&self, stage: &str, bytes: u64, total: Option<u64>) {
+        View::stage(self, stage, bytes, total);
+    }
+    /// The receiver's engine report: its `Loaded image:` lines on stdout,
+    /// as this end's own, the rest on stderr.
+    fn engine(&self, report: &EngineReport) {
+        self.event(
+            serde_json::json!({"event": "engine", "lines": report.lines, "error": report.error}),
+        );
+        if self.json {
+            return;
+        }
+        let dest = self.dest.as_deref().unwrap_or("the receiver");
+        for line in &report.lines {
+            if line.starts_with("Loaded image") {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{line} into the Docker Engine on {dest}");
+            } else {
+                self.println(&format!("{dest}: {line}"));
+            }
+        }
+    }
 }
 
 impl ReceiveEvents for View {
@@ -159,6 +204,9 @@ impl ReceiveEvents for View {
     }
     fn failed(&self, digest: &Digest) {
         self.finish_bar(digest, "failed");
+    }
+    fn stage(&self, stage: &str, bytes: u64, total: Option<u64>) {
+        View::stage(self, stage, bytes, total);
     }
     fn loaded(&self, id: &Digest, names: &[String]) {
         View::loaded(self, id, names);

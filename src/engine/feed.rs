@@ -27,8 +27,14 @@ pub struct Fed {
 }
 
 impl Engine {
-    /// Streams `images` from `store` into the engine.
-    pub fn feed(&self, store: &Store, images: Vec<SaveImage>) -> Result<Fed> {
+    /// Streams `images` from `store` into the engine; `progress` takes the
+    /// bytes of blobs fed so far.
+    pub fn feed(
+        &self,
+        store: &Store,
+        images: Vec<SaveImage>,
+        progress: impl Fn(u64) + Send + 'static,
+    ) -> Result<Fed> {
         let engine_store = self.store_kind().map_err(anyhow::Error::from)?;
         let leave_out = if engine_store.skips_present_layers() {
             self.layers_to_leave_out(&images)?
@@ -44,7 +50,11 @@ impl Engine {
 
         let store = store.clone();
         let lines = self.load_with(move |out| {
-            save_leaving_out(&store, &images, &leave_out, out, |_| {})?;
+            let mut fed = 0u64;
+            save_leaving_out(&store, &images, &leave_out, out, |n| {
+                fed += n;
+                progress(fed);
+            })?;
             Ok(())
         })?;
         Ok(Fed {

@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 
 use crate::digest::Digest;
 
+pub mod export;
 mod feed;
 pub mod v1;
 

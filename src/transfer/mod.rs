@@ -8,6 +8,8 @@
 //!   `known_peers`.
 //! - [`tls`]: QUIC endpoints with fingerprint-based mutual TLS.
 //! - [`send`] and [`receive`]: the two ends, async, over a connection.
+//! - [`send_engine`]: the sending end for images read from a Docker
+//!   Engine's export, offered before their manifests are known.
 //! - [`auto`]: deciding per chunk whether zstd on the wire pays.
 
 pub mod auto;
@@ -15,6 +17,7 @@ pub mod identity;
 mod io;
 pub mod receive;
 pub mod send;
+pub mod send_engine;
 pub mod session;
 pub mod tls;
 pub mod wire;
@@ -83,6 +86,9 @@ pub enum TransferError {
     Identity(#[from] identity::IdentityError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// The Docker Engine's export could not be read or split.
+    #[error(transparent)]
+    Engine(Box<crate::engine::export::ExportError>),
     #[error("blob {digest}")]
     Blob {
         digest: Digest,

@@ -10,9 +10,11 @@
 //! resume unless its bytes were shown to be wrong, and no image is tagged
 //! unless all of it is present.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::session::{Limits, ReceiverSession};
@@ -32,6 +34,22 @@ pub struct ReceiveOptions {
     pub token: Option<String>,
     /// Free disk kept in reserve beyond what an offer needs.
     pub reserve: u64,
+    /// Where committed images also go (the local Docker Engine), before
+    /// `done`, so that the sender hears the result.
+    pub into: Option<Arc<dyn Deliver>>,
+}
+
+/// A destination beyond the store, fed once a transfer has committed its
+/// images and before the receiver sends `done`.
+pub trait Deliver: Send + Sync + std::fmt::Debug {
+    /// Loads the committed images (ID, names); `progress` takes the bytes
+    /// fed so far. Returns the lines to report, or why it failed.
+    fn deliver(
+        &self,
+        store: &Store,
+        images: &[(Digest, Vec<String>)],
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<Vec<String>, String>;
 }
 
 impl Default for ReceiveOptions {
@@ -41,6 +59,7 @@ impl Default for ReceiveOptions {
             stall: Duration::from_secs(60),
             token: None,
             reserve: 256 << 20,
+            into: None,
         }
     }
 }
@@ -56,6 +75,12 @@ pub trait ReceiveEvents: Send + Sync {
     /// A blob stream failed; the transfer ends with the error.
     fn failed(&self, _digest: &Digest) {}
     fn loaded(&self, id: &Digest, names: &[String]);
+    /// A long stage moved on: the sender's reading of its engine's export
+    /// ("export", with the offer's size hint as `total`), or feeding the
+    /// local engine ("engine").
+    fn stage(&self, _stage: &str, _bytes: u64, _total: Option<u64>) {}
+    /// What the local engine made of the images.
+    fn delivered(&self, _result: &Result<Vec<String>, String>) {}
 }
 
 /// The totals of one received transfer.
@@ -64,12 +89,15 @@ pub struct Received {
     pub images: Vec<(Digest, Vec<String>)>,
     pub blobs_stored: usize,
     pub blobs_skipped: usize,
+    /// What `ReceiveOptions::into` reported, when it ran.
+    pub engine: Option<Result<Vec<String>, String>>,
 }
 
 struct Shared {
     store: Store,
     session: Mutex<ReceiverSession>,
     stall: Duration,
+    reserve: u64,
     events: Arc<dyn ReceiveEvents>,
     peer: String,
 }
@@ -132,17 +160,27 @@ async fn serve_inner(
     // of the image that names it.
     let _guard = store.stage()?;
     let plan = tokio::task::block_in_place(|| session.on_offer(&offer, &store))?;
-    check_free_disk(&store, plan.bytes_needed + opts.reserve)?;
+    check_free_disk(&store, plan.bytes_needed.saturating_add(opts.reserve))?;
+    let version = session.version();
 
     events.planned(&plan.want);
     let mut received = Received::default();
-    let wanted: Vec<&Digest> = plan.want.iter().map(|w| &w.digest).collect();
+    let wanted: std::collections::BTreeSet<&Digest> = plan
+        .want
+        .iter()
+        .map(|w| &w.digest)
+        .chain(plan.deferred.iter().map(|w| &w.digest))
+        .collect();
     let mut seen = std::collections::BTreeSet::new();
+    let mut export_total = 0u64;
     for i in 0..session.image_count() {
-        let m = &session.image(i).manifest;
-        for d in std::iter::once(&m.config).chain(&m.layers) {
-            if !wanted.contains(&&d.digest) && seen.insert(d.digest.clone()) {
-                events.skipped(&d.digest, d.size);
+        let image = session.image(i);
+        if let Some(d) = &image.deferred {
+            export_total = export_total.saturating_add(d.size_hint);
+        }
+        for digest in image.blob_digests() {
+            if !wanted.contains(&digest) && seen.insert(digest.clone()) {
+                events.skipped(&digest, store.blob_size(&digest).unwrap_or(0));
                 received.blobs_skipped += 1;
             }
         }
@@ -152,28 +190,51 @@ async fn serve_inner(
         &mut ctl_send,
         &Message::Want {
             blobs: plan.want.clone(),
+            deferred: plan.deferred.clone(),
         },
         peer,
     )
     .await?;
-    for i in plan.ready {
-        let loaded = commit_image(&store, &session, i)?;
-        session.image_committed(i);
-        events.loaded(&loaded.id, &loaded.names);
-        write_message(&mut ctl_send, &loaded.message(), peer).await?;
-        received.images.push((loaded.id, loaded.names));
-    }
+
+    // From here the sender may speak at any time (progress, manifests):
+    // its messages are read by their own task, as a read cancelled half way
+    // by `select!` would lose bytes. Silence is bounded by the stall timer
+    // below, not by the reader.
+    let (ctl_tx, mut ctl_rx) = mpsc::channel(16);
+    tokio::spawn(super::send::read_control(
+        ctl_recv,
+        ctl_tx,
+        Duration::from_secs(24 * 3600),
+        peer.to_string(),
+    ));
 
     let shared = Arc::new(Shared {
         store: store.clone(),
         session: Mutex::new(session),
         stall: opts.stall,
+        reserve: opts.reserve,
         events: events.clone(),
         peer: peer.to_string(),
     });
+    let mut commit = Committer {
+        store: &store,
+        shared: &shared,
+        peer,
+        received: &mut received,
+    };
+    commit.ready(plan.ready, &mut ctl_send).await?;
+
     let mut tasks = JoinSet::new();
-    let mut remaining = plan.want.len();
-    while remaining > 0 || !tasks.is_empty() {
+    let mut remaining = plan.want.len() + plan.deferred.len();
+    let mut control_open = true;
+    let awaiting = |shared: &Shared| {
+        shared
+            .session
+            .lock()
+            .expect("not poisoned")
+            .awaiting_manifests()
+    };
+    while remaining > 0 || !tasks.is_empty() || awaiting(&shared) {
         tokio::select! {
             stream = conn.accept_uni(), if remaining > 0 => {
                 let stream = stream.map_err(|e| TransferError::connection(peer, e))?;
@@ -185,20 +246,40 @@ async fn serve_inner(
                     what: "blob task".into(),
                     reason: e.to_string(),
                 })??;
-                received.blobs_stored += 1;
+                commit.received.blobs_stored += 1;
                 write_message(&mut ctl_send, &Message::Stored { digest: digest.clone() }, peer).await?;
                 let ready = shared.session.lock().expect("not poisoned").blob_stored(&digest);
-                for i in ready {
-                    let loaded = {
-                        let session = shared.session.lock().expect("not poisoned");
-                        commit_image(&store, &session, i)?
-                    };
-                    shared.session.lock().expect("not poisoned").image_committed(i);
-                    events.loaded(&loaded.id, &loaded.names);
-                    write_message(&mut ctl_send, &loaded.message(), peer).await?;
-                    received.images.push((loaded.id, loaded.names));
-                }
+                commit.ready(ready, &mut ctl_send).await?;
             }
+            msg = ctl_rx.recv(), if control_open => match msg {
+                None if awaiting(&shared) => {
+                    return Err(TransferError::Remote {
+                        peer: peer.to_string(),
+                        message: "the sender closed the control stream before its manifests".into(),
+                    });
+                }
+                None => control_open = false,
+                Some(Err(e)) => return Err(e),
+                Some(Ok(Message::Progress { stage, bytes })) if version >= 2 && stage == "export" => {
+                    events.stage("export", bytes, Some(export_total));
+                }
+                Some(Ok(msg @ Message::Manifests { .. })) => {
+                    let ready = tokio::task::block_in_place(|| {
+                        shared.session.lock().expect("not poisoned").on_manifests(&msg, &store)
+                    })?;
+                    commit.ready(ready, &mut ctl_send).await?;
+                }
+                Some(Ok(Message::Error { message, .. })) => {
+                    return Err(TransferError::Remote { peer: peer.to_string(), message });
+                }
+                Some(Ok(other)) => {
+                    return Err(super::session::SessionError::Unexpected {
+                        expected: "progress or manifests",
+                        got: other.kind(),
+                    }
+                    .into());
+                }
+            },
             _ = tokio::time::sleep(opts.stall), if tasks.is_empty() => {
                 return Err(TransferError::Stalled {
                     what: format!("{peer}: waiting for a blob stream"),
@@ -208,10 +289,107 @@ async fn serve_inner(
         }
     }
 
+    if let Some(into) = &opts.into
+        && !received.images.is_empty()
+    {
+        let result = deliver(
+            into.clone(),
+            &store,
+            &received.images,
+            version,
+            &mut ctl_send,
+            &events,
+            peer,
+        )
+        .await?;
+        events.delivered(&result);
+        if version >= 2 {
+            let (lines, error) = match &result {
+                Ok(lines) => (lines.clone(), None),
+                Err(e) => (Vec::new(), Some(e.clone())),
+            };
+            write_message(&mut ctl_send, &Message::Engine { lines, error }, peer).await?;
+        }
+        received.engine = Some(result);
+    }
+
     let count = received.images.len() as u32;
     write_message(&mut ctl_send, &Message::Done { images: count }, peer).await?;
     let _ = ctl_send.finish();
     Ok(received)
+}
+
+/// Commits the images that became complete and tells the sender.
+struct Committer<'a> {
+    store: &'a Store,
+    shared: &'a Shared,
+    peer: &'a str,
+    received: &'a mut Received,
+}
+
+impl Committer<'_> {
+    async fn ready(
+        &mut self,
+        ready: Vec<usize>,
+        ctl_send: &mut quinn::SendStream,
+    ) -> Result<(), TransferError> {
+        for i in ready {
+            let loaded = {
+                let session = self.shared.session.lock().expect("not poisoned");
+                commit_image(self.store, &session, i)?
+            };
+            self.shared
+                .session
+                .lock()
+                .expect("not poisoned")
+                .image_committed(i);
+            self.shared.events.loaded(&loaded.id, &loaded.names);
+            write_message(ctl_send, &loaded.message(), self.peer).await?;
+            self.received.images.push((loaded.id, loaded.names));
+        }
+        Ok(())
+    }
+}
+
+/// Runs the delivery (the local engine's load) off the async threads, and
+/// tells the sender how far it is once a second, which also keeps the
+/// sender from giving up on a long load.
+async fn deliver(
+    into: Arc<dyn Deliver>,
+    store: &Store,
+    images: &[(Digest, Vec<String>)],
+    version: u32,
+    ctl_send: &mut quinn::SendStream,
+    events: &Arc<dyn ReceiveEvents>,
+    peer: &str,
+) -> Result<Result<Vec<String>, String>, TransferError> {
+    let fed = Arc::new(AtomicU64::new(0));
+    let (store, images, counter) = (store.clone(), images.to_vec(), fed.clone());
+    let mut job = tokio::task::spawn_blocking(move || {
+        into.deliver(&store, &images, &|n| counter.store(n, Ordering::Relaxed))
+    });
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            result = &mut job => {
+                let bytes = fed.load(Ordering::Relaxed);
+                events.stage("engine", bytes, None);
+                if version >= 2 {
+                    let msg = Message::Progress { stage: "engine".into(), bytes };
+                    write_message(ctl_send, &msg, peer).await?;
+                }
+                return Ok(result.unwrap_or_else(|e| Err(format!("the engine load failed: {e}"))));
+            }
+            _ = tick.tick() => {
+                let bytes = fed.load(Ordering::Relaxed);
+                events.stage("engine", bytes, None);
+                if version >= 2 {
+                    let msg = Message::Progress { stage: "engine".into(), bytes };
+                    write_message(ctl_send, &msg, peer).await?;
+                }
+            }
+        }
+    }
 }
 
 struct Loaded {
@@ -235,10 +413,15 @@ fn commit_image(
     i: usize,
 ) -> Result<Loaded, TransferError> {
     let image = session.image(i);
+    let Some(manifest) = &image.manifest else {
+        return Err(TransferError::Stream {
+            what: format!("image {i}"),
+            reason: "committed before its manifest arrived".into(),
+        });
+    };
     let mut staging: Staging = store.stage()?;
     let (digest, size) = staging.put_bytes(&image.manifest_bytes)?;
-    let media = image
-        .manifest
+    let media = manifest
         .media_type
         .clone()
         .unwrap_or_else(|| MEDIA_OCI_MANIFEST.to_string());
@@ -252,7 +435,7 @@ fn commit_image(
     let id = committed
         .first()
         .map(|c| c.id.clone())
-        .unwrap_or_else(|| image.manifest.config.digest.clone());
+        .unwrap_or_else(|| manifest.config.digest.clone());
     Ok(Loaded {
         id,
         names: image.names.iter().map(|n| n.familiar()).collect(),
@@ -339,6 +522,13 @@ async fn receive_blob(
         })?;
     let header = BlobHeader::decode(&header)?;
     let digest = header.digest.clone();
+    // A blob of a deferred image was not in the free-disk check of the
+    // offer (only the sender's hint was): check it now that its size is
+    // known.
+    if let Some(size) = header.size {
+        let need = size.saturating_sub(header.offset);
+        check_free_disk(&shared.store, need.saturating_add(shared.reserve))?;
+    }
     let result = receive_body(&mut stream, &shared, header).await;
     if result.is_err() {
         shared.events.failed(&digest);
@@ -377,11 +567,11 @@ async fn receive_body(
     header: BlobHeader,
 ) -> Result<(), TransferError> {
     let digest = header.digest;
-    let size = shared
-        .session
-        .lock()
-        .expect("not poisoned")
-        .start_blob(&digest, header.offset)?;
+    let size = shared.session.lock().expect("not poisoned").start_blob(
+        &digest,
+        header.offset,
+        header.size,
+    )?;
     let partial = open_partial(shared, &digest, size, header.offset).await?;
     if partial.offset() != header.offset {
         return Err(super::session::SessionError::WrongOffset {

@@ -70,6 +70,21 @@ pub trait SendEvents: Send + Sync {
     fn stored(&self, _digest: &Digest) {}
     /// The receiver committed an image.
     fn loaded(&self, id: &Digest, names: &[String]);
+    /// A long stage moved on: reading the engine's export here ("export",
+    /// `total` the engine's figure for the images), or the receiver feeding
+    /// its engine ("engine", no total).
+    fn stage(&self, _stage: &str, _bytes: u64, _total: Option<u64>) {}
+    /// The receiver loaded the images into its Docker Engine, or failed to.
+    fn engine(&self, _report: &EngineReport) {}
+}
+
+/// What the receiver's Docker Engine made of the images.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct EngineReport {
+    /// The engine's lines (`Loaded image: x:1`) after rimg's own.
+    pub lines: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The totals of one push.
@@ -81,7 +96,11 @@ pub struct Summary {
     pub blobs_skipped: usize,
     pub bytes_raw: u64,
     pub bytes_wire: u64,
+    /// Bytes of a Docker Engine's export read (sent or not).
+    pub bytes_export: u64,
     pub seconds: f64,
+    /// The receiver's engine report, when it loads into one.
+    pub engine: Option<EngineReport>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -91,13 +110,23 @@ pub struct LoadedImage {
 }
 
 /// Keeps all streams together under `--bwlimit`.
-struct RateLimit {
+pub(super) struct RateLimit {
     rate: u64,
     state: Mutex<(Instant, u64)>,
 }
 
 impl RateLimit {
-    async fn pace(&self, bytes: usize) {
+    /// `--bwlimit`, when given.
+    pub(super) fn new(bwlimit: Option<u64>) -> Option<Arc<RateLimit>> {
+        bwlimit.map(|rate| {
+            Arc::new(RateLimit {
+                rate: rate.max(1),
+                state: Mutex::new((Instant::now(), 0)),
+            })
+        })
+    }
+
+    pub(super) async fn pace(&self, bytes: usize) {
         let wait = {
             let mut s = self.state.lock().expect("not poisoned");
             s.1 += bytes as u64;
@@ -131,32 +160,7 @@ pub async fn send(
     events: Arc<dyn SendEvents>,
 ) -> Result<Summary, TransferError> {
     let started = Instant::now();
-    let (mut ctl_send, ctl_recv) = conn
-        .open_bi()
-        .await
-        .map_err(|e| TransferError::connection(peer, e))?;
-
-    // Control messages are read by their own task: a read cancelled half
-    // way by `select!` would lose bytes.
-    let (tx, mut rx) = mpsc::channel(64);
-    tokio::spawn(read_control(ctl_recv, tx, opts.timeout, peer.to_string()));
-    let mut next = async || -> Result<Message, TransferError> {
-        match rx.recv().await {
-            Some(Ok(msg)) => Ok(msg),
-            Some(Err(e)) => Err(e),
-            None => Err(TransferError::Remote {
-                peer: peer.to_string(),
-                message: "the receiver closed the control stream".into(),
-            }),
-        }
-    };
-
-    let hello = Message::Hello {
-        version: VERSION,
-        token: opts.token.clone(),
-    };
-    write_message(&mut ctl_send, &hello, peer).await?;
-    check_welcome(&next().await?)?;
+    let mut ctl = Control::open(conn, peer, opts).await?;
 
     let mut offered: BTreeMap<Digest, u64> = BTreeMap::new();
     for out in images {
@@ -170,12 +174,13 @@ pub async fn send(
             .iter()
             .map(|o| OfferedImage {
                 names: o.names.clone(),
-                manifest: String::from_utf8_lossy(&o.manifest_bytes).into_owned(),
+                manifest: Some(String::from_utf8_lossy(&o.manifest_bytes).into_owned()),
+                deferred: None,
             })
             .collect(),
     };
-    write_message(&mut ctl_send, &offer, peer).await?;
-    let wanted = check_want(&offered, &next().await?)?;
+    ctl.say(&offer).await?;
+    let wanted = check_want(&offered, &ctl.next().await?)?;
 
     let mut summary = Summary {
         blobs_total: offered.len(),
@@ -195,12 +200,7 @@ pub async fn send(
         opts.compress,
         streams.min(wanted.len().max(1)),
     ));
-    let limit = opts.bwlimit.map(|rate| {
-        Arc::new(RateLimit {
-            rate: rate.max(1),
-            state: Mutex::new((Instant::now(), 0)),
-        })
-    });
+    let limit = RateLimit::new(opts.bwlimit);
     let mut queue = wanted.into_iter();
     let mut tasks = JoinSet::new();
     let mut spawn_next = |tasks: &mut JoinSet<_>| {
@@ -232,37 +232,109 @@ pub async fn send(
                 summary.bytes_wire += wire;
                 spawn_next(&mut tasks);
             }
-            msg = next() => match msg? {
-                Message::Stored { digest } => events.stored(&digest),
-                Message::Loaded { id, names } => {
-                    events.loaded(&id, &names);
-                    summary.images.push(LoadedImage { id, names });
-                }
-                Message::Done { .. } => break,
-                Message::Error { message, digest } => {
-                    let message = match digest {
-                        Some(d) => format!("{message} (blob {d})"),
-                        None => message,
-                    };
-                    return Err(TransferError::Remote { peer: peer.to_string(), message });
-                }
-                other => {
-                    return Err(super::session::SessionError::Unexpected {
-                        expected: "stored, loaded or done",
-                        got: other.kind(),
-                    }.into());
-                }
+            msg = ctl.next() => if on_message(msg?, &events, &mut summary, peer)? {
+                break;
             },
         }
     }
 
-    let _ = ctl_send.finish();
+    let _ = ctl.send.finish();
     conn.close(close::DONE.into(), b"done");
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
 }
 
-async fn read_control(
+/// The sender's control stream, after `hello` and `welcome`. Its messages
+/// are read by their own task: a read cancelled half way by `select!`
+/// would lose bytes.
+pub(super) struct Control<'a> {
+    pub send: quinn::SendStream,
+    rx: mpsc::Receiver<Result<Message, TransferError>>,
+    peer: &'a str,
+}
+
+impl<'a> Control<'a> {
+    /// Opens the stream and agrees on the version.
+    pub async fn open(
+        conn: &quinn::Connection,
+        peer: &'a str,
+        opts: &SendOptions,
+    ) -> Result<Control<'a>, TransferError> {
+        let (send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| TransferError::connection(peer, e))?;
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(read_control(recv, tx, opts.timeout, peer.to_string()));
+        let mut ctl = Control { send, rx, peer };
+        let hello = Message::Hello {
+            version: VERSION,
+            token: opts.token.clone(),
+        };
+        ctl.say(&hello).await?;
+        check_welcome(&ctl.next().await?)?;
+        Ok(ctl)
+    }
+
+    pub async fn say(&mut self, msg: &Message) -> Result<(), TransferError> {
+        write_message(&mut self.send, msg, self.peer).await
+    }
+
+    pub async fn next(&mut self) -> Result<Message, TransferError> {
+        match self.rx.recv().await {
+            Some(msg) => msg,
+            None => Err(TransferError::Remote {
+                peer: self.peer.to_string(),
+                message: "the receiver closed the control stream".into(),
+            }),
+        }
+    }
+}
+
+/// Handles a receiver's message while a push goes on; true on `done`.
+pub(super) fn on_message(
+    msg: Message,
+    events: &Arc<dyn SendEvents>,
+    summary: &mut Summary,
+    peer: &str,
+) -> Result<bool, TransferError> {
+    match msg {
+        Message::Stored { digest } => events.stored(&digest),
+        Message::Loaded { id, names } => {
+            events.loaded(&id, &names);
+            summary.images.push(LoadedImage { id, names });
+        }
+        Message::Done { .. } => return Ok(true),
+        Message::Progress { stage, bytes } if stage == "engine" => {
+            events.stage("engine", bytes, None);
+        }
+        Message::Engine { lines, error } => {
+            let report = EngineReport { lines, error };
+            events.engine(&report);
+            summary.engine = Some(report);
+        }
+        Message::Error { message, digest } => {
+            let message = match digest {
+                Some(d) => format!("{message} (blob {d})"),
+                None => message,
+            };
+            return Err(TransferError::Remote {
+                peer: peer.to_string(),
+                message,
+            });
+        }
+        other => {
+            return Err(super::session::SessionError::Unexpected {
+                expected: "stored, loaded, progress, engine or done",
+                got: other.kind(),
+            }
+            .into());
+        }
+    }
+    Ok(false)
+}
+
+pub(super) async fn read_control(
     mut recv: quinn::RecvStream,
     tx: mpsc::Sender<Result<Message, TransferError>>,
     timeout: Duration,
@@ -366,6 +438,7 @@ async fn send_blob_inner(job: BlobJob) -> Result<(u64, u64), TransferError> {
     let header = BlobHeader {
         digest: want.digest.clone(),
         offset: want.offset,
+        size: None,
     };
     stream
         .write_all(&header.encode())

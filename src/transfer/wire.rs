@@ -11,8 +11,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 
-/// The protocol version this build speaks (`Hello.version`).
-pub const VERSION: u32 = 1;
+/// The highest protocol version this build speaks (`Hello.version`).
+pub const VERSION: u32 = 2;
+
+/// The oldest version a receiver of this build still serves: a version 1
+/// sender offers store images only and gets no `engine` report.
+pub const MIN_VERSION: u32 = 1;
 
 /// The ALPN protocol name; a peer that does not offer it fails the
 /// handshake before any message is exchanged.
@@ -44,13 +48,33 @@ pub enum Message {
     /// Sender: the images, each with its exact manifest bytes.
     Offer { images: Vec<OfferedImage> },
     /// Receiver: the blobs it lacks, and where each should start.
-    Want { blobs: Vec<WantedBlob> },
+    Want {
+        blobs: Vec<WantedBlob>,
+        /// Version 2: blobs of deferred images, size unknown.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        deferred: Vec<WantedDeferred>,
+    },
     /// Receiver: a blob was received, verified and stored.
     Stored { digest: Digest },
     /// Receiver: an image was committed and tagged.
     Loaded { id: Digest, names: Vec<String> },
     /// Receiver: every offered image is in its store.
     Done { images: u32 },
+    /// Either side, version 2: a long stage is moving. The sender reports
+    /// the bytes of the engine's export read so far (`stage` "export"); a
+    /// receiver the bytes fed to its engine ("engine"). Each one also
+    /// resets the peer's stall timer.
+    Progress { stage: String, bytes: u64 },
+    /// Sender, version 2, after the last blob stream: the manifest of each
+    /// deferred image, in the order of the offer.
+    Manifests { manifests: Vec<String> },
+    /// Receiver, version 2, before `done`: what its Docker Engine made of
+    /// the images (its report lines, or why it refused them).
+    Engine {
+        lines: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
     /// Either side: the transfer is over because of this.
     Error {
         message: String,
@@ -59,14 +83,41 @@ pub enum Message {
     },
 }
 
-/// One image in an offer.
+/// One image in an offer: exactly one of `manifest` and `deferred`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OfferedImage {
     /// Names to tag it with on the receiver (`docker.io/library/x:1`).
     pub names: Vec<String>,
     /// The manifest, byte for byte: its digest is computed from this.
-    pub manifest: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
+    /// Version 2: an image whose manifest comes after its blobs (read from
+    /// a Docker Engine's export, where blob sizes are known only once read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deferred: Option<DeferredImage>,
+}
+
+/// What a sender knows of an engine image before reading its export.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeferredImage {
+    /// The config digest (the image ID).
+    pub id: Digest,
+    /// The layers' DiffIDs, bottom first: the layer blobs' digests.
+    pub diff_ids: Vec<Digest>,
+    /// About how many bytes the image holds (the engine's figure); only for
+    /// the receiver's free-disk check.
+    pub size_hint: u64,
+}
+
+/// Version 2: a blob of a deferred image the receiver asks for; its size is
+/// not known yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WantedDeferred {
+    pub digest: Digest,
+    pub offset: u64,
 }
 
 /// One blob the receiver asks for.
@@ -85,6 +136,9 @@ pub struct WantedBlob {
 pub struct BlobHeader {
     pub digest: Digest,
     pub offset: u64,
+    /// Version 2: the whole blob's size, for a blob wanted without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
 }
 
 /// How a chunk's payload is encoded.
@@ -153,6 +207,9 @@ impl Message {
             Message::Stored { .. } => "stored",
             Message::Loaded { .. } => "loaded",
             Message::Done { .. } => "done",
+            Message::Progress { .. } => "progress",
+            Message::Manifests { .. } => "manifests",
+            Message::Engine { .. } => "engine",
             Message::Error { .. } => "error",
         }
     }
@@ -247,6 +304,25 @@ mod tests {
                 size: 10,
                 offset: 4,
             }],
+            deferred: Vec::new(),
+        };
+        let offer_deferred = Message::Offer {
+            images: vec![OfferedImage {
+                names: vec!["x:1".into()],
+                manifest: None,
+                deferred: Some(DeferredImage {
+                    id: digest('c'),
+                    diff_ids: vec![digest('a')],
+                    size_hint: 10,
+                }),
+            }],
+        };
+        let want_deferred = Message::Want {
+            blobs: Vec::new(),
+            deferred: vec![WantedDeferred {
+                digest: digest('a'),
+                offset: 0,
+            }],
         };
         let doc =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/proto/PROTOCOL.md"))
@@ -255,11 +331,47 @@ mod tests {
             ("hello", hello.encode()),
             ("want", want.encode()),
             ("welcome", Message::Welcome { version: 1 }.encode()),
+            ("welcome-2", Message::Welcome { version: 2 }.encode()),
             (
                 "header",
                 BlobHeader {
                     digest: digest('b'),
                     offset: 0,
+                    size: None,
+                }
+                .encode(),
+            ),
+            ("offer-deferred", offer_deferred.encode()),
+            ("want-deferred", want_deferred.encode()),
+            (
+                "header-sized",
+                BlobHeader {
+                    digest: digest('a'),
+                    offset: 0,
+                    size: Some(10),
+                }
+                .encode(),
+            ),
+            (
+                "progress",
+                Message::Progress {
+                    stage: "export".into(),
+                    bytes: 4096,
+                }
+                .encode(),
+            ),
+            (
+                "manifests",
+                Message::Manifests {
+                    manifests: vec!["{}".into()],
+                }
+                .encode(),
+            ),
+            (
+                "engine",
+                Message::Engine {
+                    lines: vec!["Loaded image: x:1".into()],
+                    error: None,
                 }
                 .encode(),
             ),
@@ -273,11 +385,13 @@ mod tests {
                 Ok(body.len())
             );
         }
-        assert_eq!(
-            Message::decode(&want.encode()[4..]).unwrap(),
-            want,
-            "want round-trips"
-        );
+        for msg in [want, offer_deferred, want_deferred] {
+            assert_eq!(
+                Message::decode(&msg.encode()[4..]).unwrap(),
+                msg,
+                "round-trips"
+            );
+        }
     }
 
     #[test]

@@ -26,11 +26,28 @@ impl Listener {
     }
 
     pub fn start_on(env: &Env, port: u16, extra: &[&str]) -> Listener {
+        Self::start_with(env, port, extra, &[])
+    }
+
+    /// A listener on a free port with extra environment (`DOCKER_HOST`).
+    pub fn start_env(env: &Env, extra: &[&str], vars: &[(&str, &str)]) -> Listener {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Self::start_with(env, port, extra, vars)
+    }
+
+    fn start_with(env: &Env, port: u16, extra: &[&str], vars: &[(&str, &str)]) -> Listener {
         let addr = format!("127.0.0.1:{port}");
         let mut args = vec!["--no-progress", "listen", "--addr", &addr];
         args.extend_from_slice(extra);
-        let mut child = env
-            .cmd(&args)
+        let mut cmd = env.cmd(&args);
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
@@ -119,4 +136,52 @@ pub fn image_in(env: &Env, tag: &str) -> (String, Vec<String>) {
         .map(|d| d.as_str().unwrap().to_string())
         .collect();
     (id, diff_ids)
+}
+
+/// The largest partial blob in a store.
+pub fn partial_len(env: &Env) -> u64 {
+    std::fs::read_dir(env.root().join(".rimg/partial"))
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
+/// Starts a rate-limited push in the background.
+pub fn slow_push(sender: &Env, image: &str, addr: &str) -> Child {
+    sender
+        .cmd(&[
+            "--no-progress",
+            "push-peer",
+            "--bwlimit",
+            "4M",
+            "--compress",
+            "none",
+            "--accept-new",
+            image,
+            addr,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("push starts")
+}
+
+/// Waits until a partial blob holds `at_least` bytes.
+pub fn wait_partial(env: &Env, at_least: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let len = partial_len(env);
+        if len >= at_least {
+            return len;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "partial blob stuck at {len} bytes"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
