@@ -239,6 +239,7 @@ pub async fn send(
     }
 
     let _ = ctl.send.finish();
+    tracing::debug!(stats = ?conn.stats(), "connection to {peer}");
     conn.close(close::DONE.into(), b"done");
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
@@ -430,6 +431,8 @@ async fn send_blob_inner(job: BlobJob) -> Result<(u64, u64), TransferError> {
     };
 
     let mut file = std::fs::File::open(&path).map_err(io_err)?;
+    // Read ahead generously: the blob is read once, front to back.
+    let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Sequential);
     file.seek(SeekFrom::Start(want.offset)).map_err(io_err)?;
     let mut stream = conn
         .open_uni()

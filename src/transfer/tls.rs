@@ -122,19 +122,10 @@ impl ClientCertVerifier for ByFingerprint {
     }
 }
 
-/// The largest UDP payload over IPv4.
-const MAX_UDP_PAYLOAD: u16 = 65_507 - 8;
-
 /// Flow-control windows sized for a fast link while bounding what one
 /// connection can make the receiver buffer.
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
-    // Probe for packets as large as the path allows: on loopback or a
-    // jumbo-frame LAN, fewer, larger packets cost far less CPU per byte.
-    // Probes that do not fit are lost and cost nothing else.
-    let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(MAX_UDP_PAYLOAD);
-    t.mtu_discovery_config(Some(mtu));
     t.stream_receive_window(quinn::VarInt::from_u32(8 << 20))
         .receive_window(quinn::VarInt::from_u32(16 << 20))
         .send_window(16 << 20)
@@ -145,6 +136,33 @@ fn transport() -> Arc<quinn::TransportConfig> {
             quinn::IdleTimeout::try_from(Duration::from_secs(20)).expect("20 s is a valid timeout"),
         ));
     Arc::new(t)
+}
+
+/// Socket buffers asked for (the kernel caps them at `net.core.rmem_max`
+/// and `wmem_max` unless we run as root): the default ~200 KiB overflows
+/// at loopback and LAN rates, and every datagram dropped there is taken
+/// for congestion.
+const SOCKET_BUFFER: usize = 16 << 20;
+
+/// An endpoint on a UDP socket bound to `addr`, with large buffers.
+fn endpoint(
+    addr: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+) -> Result<quinn::Endpoint, TlsError> {
+    let bind = |source| TlsError::Bind { addr, source };
+    let socket = std::net::UdpSocket::bind(addr).map_err(bind)?;
+    // Beyond the kernel's caps where we may (root), else up to them.
+    // Smaller buffers only cost speed: go on with what the kernel gives.
+    use rustix::net::sockopt;
+    if sockopt::set_socket_recv_buffer_size_force(&socket, SOCKET_BUFFER).is_err() {
+        let _ = sockopt::set_socket_recv_buffer_size(&socket, SOCKET_BUFFER);
+    }
+    if sockopt::set_socket_send_buffer_size_force(&socket, SOCKET_BUFFER).is_err() {
+        let _ = sockopt::set_socket_send_buffer_size(&socket, SOCKET_BUFFER);
+    }
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| TlsError::Quic("no async runtime to run QUIC on".into()))?;
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), server, socket, runtime).map_err(bind)
 }
 
 /// A server endpoint on `addr` presenting `identity` and requiring a
@@ -160,7 +178,7 @@ pub fn server(identity: &Identity, addr: SocketAddr) -> Result<quinn::Endpoint, 
     let quic = QuicServerConfig::try_from(crypto).map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     config.transport_config(transport());
-    quinn::Endpoint::server(config, addr).map_err(|source| TlsError::Bind { addr, source })
+    endpoint(addr, Some(config))
 }
 
 /// A client endpoint presenting `identity`, bound to an ephemeral port of
@@ -183,10 +201,7 @@ pub fn client(identity: &Identity, peer: SocketAddr) -> Result<quinn::Endpoint, 
     } else {
         "0.0.0.0:0".parse().expect("valid")
     };
-    let mut endpoint = quinn::Endpoint::client(local).map_err(|source| TlsError::Bind {
-        addr: local,
-        source,
-    })?;
+    let mut endpoint = endpoint(local, None)?;
     endpoint.set_default_client_config(config);
     Ok(endpoint)
 }
