@@ -460,7 +460,7 @@ fn check_free_disk(store: &Store, need: u64) -> Result<(), TransferError> {
 
 /// Chunks queued between a blob stream and its writer thread (each at most
 /// [`CHUNK`] bytes).
-const WRITE_AHEAD: usize = 8;
+const WRITE_AHEAD: usize = 4;
 
 /// Written bytes not yet handed to the syncing thread: syncing as the blob
 /// arrives leaves little for the final sync to wait for.

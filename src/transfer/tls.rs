@@ -126,8 +126,8 @@ impl ClientCertVerifier for ByFingerprint {
 /// connection can make the receiver buffer.
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
-    t.stream_receive_window(quinn::VarInt::from_u32(8 << 20))
-        .receive_window(quinn::VarInt::from_u32(16 << 20))
+    t.stream_receive_window(quinn::VarInt::from_u32(4 << 20))
+        .receive_window(quinn::VarInt::from_u32(8 << 20))
         .send_window(16 << 20)
         .max_concurrent_uni_streams(quinn::VarInt::from_u32(16))
         .max_concurrent_bidi_streams(quinn::VarInt::from_u32(1))
