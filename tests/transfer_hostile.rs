@@ -1,9 +1,10 @@
 //! A hostile sender against a real `rimg listen`: each misbehaviour ends
 //! that transfer with an error that says what was wrong, on both ends, and
-//! leaves the receiver's store as it was.
+//! leaves the receiver's store as it was. And a hostile receiver against a
+//! real `push-peer`, which must neither trust nor print raw what it says.
 //!
-//! The hostile sender is written here with the library's own wire code, so
-//! that it can send what `push-peer` never would.
+//! The hostile peers are written here with the library's own wire code, so
+//! that they can send what `push-peer` and `listen` never would.
 
 mod common;
 
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use common::Env;
 use common::peers::{Listener, trust};
+use common::seed::seed_generated;
 use rimg::digest::Digest;
 use rimg::image::{Descriptor, MEDIA_OCI_CONFIG, MEDIA_OCI_LAYER, Manifest};
 use rimg::transfer::identity::Identity;
@@ -61,36 +63,42 @@ impl Hostile {
             .unwrap()
     }
 
-    /// Hello, then an offer of one image with `layer` (digest, size).
-    async fn offer(&mut self, layer: &Digest, size: u64) {
+    /// Hello, and the listener's welcome.
+    async fn greet(&mut self) {
         self.say(&Message::Hello {
             version: VERSION,
             token: None,
         })
         .await;
         assert_eq!(self.hear().await, Message::Welcome { version: VERSION });
-        let manifest = Manifest::new(
-            Descriptor::new(MEDIA_OCI_CONFIG, Digest::of(b"{}"), 2),
-            vec![Descriptor::new(MEDIA_OCI_LAYER, layer.clone(), size)],
-        );
+    }
+
+    /// Offer one image, `evil:1`, with this manifest text.
+    async fn offer_manifest(&mut self, manifest: String) {
         self.say(&Message::Offer {
             images: vec![OfferedImage {
                 names: vec!["evil:1".into()],
-                manifest: Some(String::from_utf8(manifest.to_bytes()).unwrap()),
+                manifest: Some(manifest),
                 deferred: None,
             }],
         })
         .await;
     }
 
+    /// Hello, then an offer of one image with `layer` (digest, size).
+    async fn offer(&mut self, layer: &Digest, size: u64) {
+        self.greet().await;
+        let manifest = Manifest::new(
+            Descriptor::new(MEDIA_OCI_CONFIG, Digest::of(b"{}"), 2),
+            vec![Descriptor::new(MEDIA_OCI_LAYER, layer.clone(), size)],
+        );
+        self.offer_manifest(String::from_utf8(manifest.to_bytes()).unwrap())
+            .await;
+    }
+
     /// Hello, then an offer of one deferred image (as from an engine).
     async fn offer_deferred(&mut self, id: &Digest, diff_ids: &[Digest]) {
-        self.say(&Message::Hello {
-            version: VERSION,
-            token: None,
-        })
-        .await;
-        assert_eq!(self.hear().await, Message::Welcome { version: VERSION });
+        self.greet().await;
         self.say(&Message::Offer {
             images: vec![OfferedImage {
                 names: vec!["evil:2".into()],
@@ -406,4 +414,164 @@ fn a_deferred_blob_over_the_size_limit_is_refused() {
         "no partial file"
     );
     receiver.assert_consistent();
+}
+
+/// An image whose manifest names a layer as its config would be tagged,
+/// and then every command that lists the store would fail on it: the
+/// commit refuses it, naming the config.
+#[test]
+fn a_config_that_is_not_an_image_config_is_not_tagged() {
+    let (sender, receiver, listener) = setup(&[]);
+    seed_generated(&receiver.root(), "kept:1", &[b"kept layer".to_vec()]);
+    let before = receiver.snapshot();
+    let layer = b"a layer, not a config".to_vec();
+    let digest = Digest::of(&layer);
+    rt().block_on(async {
+        let mut h = connect(&sender, &listener.addr).await;
+        h.greet().await;
+        let size = layer.len() as u64;
+        let manifest = manifest_text((&digest, size), &[(&digest, size)]);
+        h.offer_manifest(manifest).await;
+        assert!(matches!(h.hear().await, Message::Want { .. }));
+        let _s = send_blob(&h.conn, &digest, std::slice::from_ref(&layer), true).await;
+        let reason = h.closed_reason().await;
+        assert!(
+            reason.contains(&format!("config {digest} is not valid")),
+            "{reason}"
+        );
+    });
+    assert_eq!(receiver.snapshot().index, before.index, "nothing tagged");
+    assert!(receiver.ok(&["images"]).contains("kept"));
+    receiver.assert_consistent();
+}
+
+/// The manifest's media type becomes the store index's descriptor: an
+/// index or anything else there would break OCI tools reading the store.
+#[test]
+fn a_manifest_with_another_media_type_is_refused() {
+    let (sender, receiver, listener) = setup(&[]);
+    let before = receiver.snapshot();
+    rt().block_on(async {
+        let mut h = connect(&sender, &listener.addr).await;
+        h.greet().await;
+        let layer = Digest::of(b"l");
+        let manifest = manifest_text((&Digest::of(b"{}"), 2), &[(&layer, 1)]).replace(
+            rimg::image::MEDIA_OCI_MANIFEST,
+            rimg::image::MEDIA_OCI_INDEX,
+        );
+        h.offer_manifest(manifest).await;
+        let reason = h.closed_reason().await;
+        assert!(
+            reason.contains("image 0 in the offer") && reason.contains("is not an image manifest"),
+            "{reason}"
+        );
+    });
+    assert_eq!(receiver.snapshot(), before);
+}
+
+/// A receiver that `push-peer` dials: a QUIC server with the identity of
+/// `env`, on a free loopback port.
+fn hostile_receiver(env: &Env) -> (quinn::Endpoint, String) {
+    let identity = Identity::load_or_create(&env.config()).unwrap();
+    let endpoint = tls::server(&identity, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = endpoint.local_addr().unwrap().to_string();
+    (endpoint, addr)
+}
+
+/// Accepts push-peer's connection and reads its hello and offer.
+async fn accept_push(
+    endpoint: &quinn::Endpoint,
+) -> (quinn::Connection, quinn::SendStream, quinn::RecvStream) {
+    let conn = endpoint.accept().await.unwrap().await.unwrap();
+    let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+    let hear = async |recv: &mut quinn::RecvStream| {
+        read_message(recv, Duration::from_secs(20), "sender")
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    assert!(matches!(hear(&mut recv).await, Message::Hello { .. }));
+    let welcome = Message::Welcome { version: VERSION };
+    write_message(&mut send, &welcome, "sender").await.unwrap();
+    assert!(matches!(hear(&mut recv).await, Message::Offer { .. }));
+    (conn, send, recv)
+}
+
+/// A push to a hostile receiver, run in the background.
+fn spawn_push(sender: &Env, addr: &str) -> std::process::Child {
+    sender
+        .cmd(&["--no-progress", "push-peer", "--accept-new", "x:1", addr])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// What a receiver says is printed on the sender's terminal: its escape
+/// sequences must arrive there escaped, never as commands to the terminal.
+#[test]
+fn a_receivers_escape_sequences_are_not_printed_raw() {
+    let (sender, receiver) = (Env::new(), Env::new());
+    let id = seed_generated(&sender.root(), "x:1", &[b"layer".to_vec()]);
+    let id: Digest = id.parse().unwrap();
+    let rt = rt();
+    let (endpoint, addr) = rt.block_on(async { hostile_receiver(&receiver) });
+
+    let push = spawn_push(&sender, &addr);
+    rt.block_on(async {
+        let (conn, mut send, _recv) = accept_push(&endpoint).await;
+        let say = [
+            Message::Want {
+                blobs: vec![],
+                deferred: vec![],
+            },
+            Message::Loaded {
+                id: id.clone(),
+                names: vec!["x:1\x1b]0;owned\x07".into()],
+            },
+            Message::Engine {
+                lines: vec![
+                    "Loaded image: x:1\x1b[2J".into(),
+                    "\x1b[31mred\u{202e}txt".into(),
+                ],
+                error: Some("\x1b[1Aup".into()),
+            },
+            Message::Done { images: 1 },
+        ];
+        for msg in &say {
+            write_message(&mut send, msg, "sender").await.unwrap();
+        }
+        conn.closed().await;
+    });
+    let out = push.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    for text in [&stdout, &stderr] {
+        assert!(
+            !text.contains('\x1b') && !text.contains('\u{202e}'),
+            "{text:?}"
+        );
+    }
+    assert!(stdout.contains("x:1\\u{1b}[2J"), "{stdout:?}");
+    assert!(
+        !out.status.success() && stderr.contains("did not load them: \\u{1b}[1Aup"),
+        "the engine's error fails the push: {stderr:?}"
+    );
+
+    // A close reason is the receiver's text too.
+    let push = spawn_push(&sender, &addr);
+    rt.block_on(async {
+        let (conn, _send, _recv) = accept_push(&endpoint).await;
+        conn.close(1u32.into(), b"\x1b[2Jrefused");
+        let _ = tokio::time::timeout(Duration::from_secs(5), endpoint.wait_idle()).await;
+    });
+    let out = push.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("\\u{1b}[2Jrefused") && !stderr.contains('\x1b'),
+        "{stderr:?}"
+    );
 }

@@ -13,7 +13,7 @@ use tempfile::{NamedTempFile, TempPath};
 
 use super::{Result, Store, StoreError, io_err, sync_dir};
 use crate::digest::{Digest, Hasher};
-use crate::image::{Descriptor, MEDIA_OCI_MANIFEST, Manifest};
+use crate::image::{Descriptor, ImageConfig, MAX_JSON_SIZE, MEDIA_OCI_MANIFEST, Manifest};
 use crate::reference::Reference;
 
 /// A blob being written: hashed as it goes, to a temporary file.
@@ -192,6 +192,26 @@ impl Staging {
         Ok(Descriptor::new(MEDIA_OCI_MANIFEST, digest, size))
     }
 
+    /// Refuses to tag an image whose config does not parse: every command
+    /// that lists the store reads every config, so one such image (a
+    /// transfer peer that named a layer as its config, say) would make
+    /// `images` fail for all of them.
+    fn check_config(&self, digest: &Digest) -> Result<()> {
+        let corrupt = |reason: String| StoreError::Corrupt {
+            what: format!("config {digest}"),
+            reason,
+        };
+        let bytes = match self.staged.get(digest) {
+            Some(b) if b.size > MAX_JSON_SIZE => {
+                return Err(corrupt(format!("larger than {MAX_JSON_SIZE} bytes")));
+            }
+            Some(b) => std::fs::read(&b.temp).map_err(io_err(&b.temp))?,
+            None => self.store.read_json_blob(digest)?,
+        };
+        ImageConfig::parse(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        Ok(())
+    }
+
     /// Moves every staged blob into `blobs/`, then tags the images in one
     /// index change. Every blob an image names must be present by then.
     pub fn commit(mut self, images: Vec<NewImage>) -> Result<Vec<Committed>> {
@@ -218,6 +238,7 @@ impl Staging {
                     Some(_) => {}
                 }
             }
+            self.check_config(&manifest.config.digest)?;
             manifests.push(manifest);
         }
 

@@ -27,6 +27,27 @@ use crate::store::{PartialError, StoreError};
 
 pub use io::{FrameReader, read_frame, read_message, write_message};
 
+/// Text a peer sent (a close reason, an error, its engine's lines, image
+/// names), made safe to print: control characters, a terminal's escape
+/// sequences among them, and bidirectional overrides are shown escaped
+/// instead of reaching the user's terminal.
+pub fn printable(text: &str) -> String {
+    let unsafe_char =
+        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !text.chars().any(unsafe_char) {
+        return text.to_string();
+    }
+    text.chars()
+        .map(|c| {
+            if unsafe_char(c) {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// QUIC application close codes (see `proto/PROTOCOL.md`).
 pub mod close {
     pub const DONE: u32 = 0;
@@ -143,7 +164,7 @@ impl TransferError {
         match source {
             quinn::ConnectionError::ApplicationClosed(close) => TransferError::Remote {
                 peer: peer.to_string(),
-                message: String::from_utf8_lossy(&close.reason).into_owned(),
+                message: printable(&String::from_utf8_lossy(&close.reason)),
             },
             source => TransferError::Connection {
                 peer: peer.to_string(),

@@ -270,6 +270,7 @@ async fn serve_inner(
                     commit.ready(ready, &mut ctl_send).await?;
                 }
                 Some(Ok(Message::Error { message, .. })) => {
+                    let message = super::printable(&message);
                     return Err(TransferError::Remote { peer: peer.to_string(), message });
                 }
                 Some(Ok(other)) => {

@@ -16,7 +16,7 @@ use super::session::{check_want, check_welcome};
 use super::wire::{
     BlobHeader, CHUNK, ChunkKind, Message, OfferedImage, VERSION, WantedBlob, encode_chunk,
 };
-use super::{TransferError, close, read_message, write_message};
+use super::{TransferError, close, printable, read_message, write_message};
 use crate::digest::Digest;
 use crate::store::{Image, Store};
 
@@ -302,6 +302,7 @@ pub(super) fn on_message(
     match msg {
         Message::Stored { digest } => events.stored(&digest),
         Message::Loaded { id, names } => {
+            let names: Vec<String> = names.iter().map(|n| printable(n)).collect();
             events.loaded(&id, &names);
             summary.images.push(LoadedImage { id, names });
         }
@@ -310,14 +311,17 @@ pub(super) fn on_message(
             events.stage("engine", bytes, None);
         }
         Message::Engine { lines, error } => {
-            let report = EngineReport { lines, error };
+            let report = EngineReport {
+                lines: lines.iter().map(|l| printable(l)).collect(),
+                error: error.as_deref().map(printable),
+            };
             events.engine(&report);
             summary.engine = Some(report);
         }
         Message::Error { message, digest } => {
             let message = match digest {
-                Some(d) => format!("{message} (blob {d})"),
-                None => message,
+                Some(d) => format!("{} (blob {d})", printable(&message)),
+                None => printable(&message),
             };
             return Err(TransferError::Remote {
                 peer: peer.to_string(),

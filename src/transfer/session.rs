@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::digest::Digest;
 use crate::image::{
-    MAX_JSON_SIZE, MEDIA_DOCKER_CONFIG, MEDIA_DOCKER_LAYER, MEDIA_OCI_CONFIG, MEDIA_OCI_LAYER,
-    Manifest,
+    MAX_JSON_SIZE, MEDIA_DOCKER_CONFIG, MEDIA_DOCKER_LAYER, MEDIA_DOCKER_MANIFEST,
+    MEDIA_OCI_CONFIG, MEDIA_OCI_LAYER, MEDIA_OCI_MANIFEST, Manifest,
 };
 use crate::reference::Reference;
 use crate::store::Store;
@@ -180,7 +180,7 @@ pub struct Plan {
 
 fn unexpected(expected: &'static str, got: &Message) -> SessionError {
     if let Message::Error { message, .. } = got {
-        return SessionError::Peer(message.clone());
+        return SessionError::Peer(super::printable(message));
     }
     SessionError::Unexpected {
         expected,
@@ -437,6 +437,15 @@ impl ReceiverSession {
             return Err(bad(format!(
                 "manifest schemaVersion {}",
                 manifest.schema_version
+            )));
+        }
+        // The media type goes into the store's index as the descriptor's:
+        // anything but an image manifest there breaks OCI tools.
+        if let Some(media) = &manifest.media_type
+            && ![MEDIA_OCI_MANIFEST, MEDIA_DOCKER_MANIFEST].contains(&media.as_str())
+        {
+            return Err(bad(format!(
+                "media type {media:?} is not an image manifest"
             )));
         }
         if manifest.layers.len() > self.limits.max_layers {
