@@ -11,8 +11,11 @@
 //! - [`send_engine`]: the sending end for images read from a Docker
 //!   Engine's export, offered before their manifests are known.
 //! - [`auto`]: deciding per chunk whether zstd on the wire pays.
+//! - [`codec`]: a blob stream's chunks, encoded as [`auto`] says and
+//!   decoded, with the zstd stream that runs across them.
 
 pub mod auto;
+pub mod codec;
 pub mod identity;
 mod io;
 pub mod receive;

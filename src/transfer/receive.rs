@@ -17,8 +17,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use super::codec::ChunkDecoder;
 use super::session::{Limits, ReceiverSession};
-use super::wire::{BlobHeader, CHUNK, MAX_CHUNK_WIRE, Message, WireError, decode_chunk_pieces};
+use super::wire::{BlobHeader, CHUNK, MAX_CHUNK_WIRE, Message, WireError};
 use super::{FrameReader, TransferError, close, read_frame, read_message, write_message};
 use crate::digest::Digest;
 use crate::image::{Descriptor, MEDIA_OCI_MANIFEST};
@@ -568,11 +569,11 @@ async fn receive_body(
     header: BlobHeader,
 ) -> Result<(), TransferError> {
     let digest = header.digest;
-    let size = shared.session.lock().expect("not poisoned").start_blob(
-        &digest,
-        header.offset,
-        header.size,
-    )?;
+    let (size, version) = {
+        let mut session = shared.session.lock().expect("not poisoned");
+        let size = session.start_blob(&digest, header.offset, header.size)?;
+        (size, session.version())
+    };
     let partial = open_partial(shared, &digest, size, header.offset).await?;
     if partial.offset() != header.offset {
         return Err(super::session::SessionError::WrongOffset {
@@ -596,6 +597,7 @@ async fn receive_body(
     // keeps moving while the disk and the hash work.
     let mut left = size - header.offset;
     let mut frames = FrameReader::new(stream, shared.stall, &what);
+    let mut decoder = ChunkDecoder::new(version >= 3);
     let outcome: Result<(), (TransferError, bool)> = loop {
         let frame = match frames.next(MAX_CHUNK_WIRE + 1).await {
             Ok(Some(frame)) => frame,
@@ -607,7 +609,7 @@ async fn receive_body(
             }
             Err(e) => break Err((e, true)),
         };
-        let chunk = match decode_chunk_pieces(frame, left.min(CHUNK as u64) as usize) {
+        let chunk = match decoder.decode(frame, left.min(CHUNK as u64) as usize) {
             Ok(chunk) => chunk,
             Err(WireError::ChunkTooLarge(_)) if left < CHUNK as u64 => {
                 break Err((

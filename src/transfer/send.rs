@@ -11,11 +11,10 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::auto::{Choice, Chooser, Compress};
+use super::auto::{Chooser, Compress};
+use super::codec::ChunkEncoder;
 use super::session::{check_want, check_welcome};
-use super::wire::{
-    BlobHeader, CHUNK, ChunkKind, Message, OfferedImage, VERSION, WantedBlob, encode_chunk,
-};
+use super::wire::{BlobHeader, CHUNK, ChunkKind, Message, OfferedImage, VERSION, WantedBlob};
 use super::{TransferError, close, printable, read_message, write_message};
 use crate::digest::Digest;
 use crate::store::{Image, Store};
@@ -370,7 +369,7 @@ fn read_frames(
     chooser: &Chooser,
     frames: mpsc::Sender<(usize, Bytes)>,
 ) -> std::io::Result<()> {
-    let mut compressor = zstd::bulk::Compressor::new(1)?;
+    let mut encoder = ChunkEncoder::new(chooser)?;
     while remaining > 0 {
         let n = (remaining as usize).min(CHUNK);
         // Room for the frame's prefix and kind, then the bytes read straight
@@ -385,15 +384,7 @@ fn read_frames(
                 format!("the blob file ended {remaining} bytes early"),
             ));
         }
-        if let Choice::Zstd(level) = chooser.choose() {
-            let t = Instant::now();
-            compressor.set_compression_level(level)?;
-            let packed = compressor.compress(&frame[5..])?;
-            chooser.record_zstd(level, n, packed.len(), t.elapsed());
-            if packed.len() < n {
-                frame = encode_chunk(ChunkKind::Zstd, &packed);
-            }
-        }
+        let frame = encoder.encode(frame)?;
         if frames.blocking_send((n, Bytes::from(frame))).is_err() {
             return Ok(());
         }

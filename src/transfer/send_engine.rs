@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::auto::{Choice, Chooser};
+use super::auto::Chooser;
+use super::codec::ChunkEncoder;
 use super::send::{Control, RateLimit, SendEvents, SendOptions, Summary, on_message};
 use super::session::{SessionError, check_want_all};
 use super::wire::{BlobHeader, ChunkKind, DeferredImage, Message, OfferedImage, encode_chunk};
@@ -157,7 +158,7 @@ pub async fn send_engine(
     let total: u64 = images.iter().map(|i| i.size).sum();
     let chooser = Chooser::new(opts.compress, 1);
     let limit = RateLimit::new(opts.bwlimit);
-    let mut compressor = zstd::bulk::Compressor::new(1).map_err(|source| TransferError::Io {
+    let mut encoder = ChunkEncoder::new(&chooser).map_err(|source| TransferError::Io {
         what: "zstd".into(),
         source,
     })?;
@@ -187,7 +188,10 @@ pub async fn send_engine(
                     let Some((s, digest, raw, wire)) = stream.as_mut() else {
                         continue;
                     };
-                    let frame = encode(&chooser, &mut compressor, &bytes)?;
+                    let frame = tokio::task::block_in_place(|| {
+                        encoder.encode(encode_chunk(ChunkKind::Raw, &bytes))
+                    })
+                    .map_err(|source| TransferError::Io { what: "zstd".into(), source })?;
                     let t = Instant::now();
                     s.write_all(&frame).await.map_err(|e| write_error(peer, e))?;
                     chooser.record_wire(frame.len(), t.elapsed());
@@ -253,32 +257,6 @@ pub async fn send_engine(
     conn.close(close::DONE.into(), b"done");
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
-}
-
-/// One chunk frame, compressed when the chooser says it pays.
-fn encode(
-    chooser: &Chooser,
-    compressor: &mut zstd::bulk::Compressor<'_>,
-    chunk: &[u8],
-) -> Result<Vec<u8>, TransferError> {
-    let Choice::Zstd(level) = chooser.choose() else {
-        return Ok(encode_chunk(ChunkKind::Raw, chunk));
-    };
-    let t = Instant::now();
-    let packed = tokio::task::block_in_place(|| {
-        compressor.set_compression_level(level)?;
-        compressor.compress(chunk)
-    })
-    .map_err(|source| TransferError::Io {
-        what: "zstd".into(),
-        source,
-    })?;
-    chooser.record_zstd(level, chunk.len(), packed.len(), t.elapsed());
-    Ok(if packed.len() < chunk.len() {
-        encode_chunk(ChunkKind::Zstd, &packed)
-    } else {
-        encode_chunk(ChunkKind::Raw, chunk)
-    })
 }
 
 fn write_error(peer: &str, e: quinn::WriteError) -> TransferError {

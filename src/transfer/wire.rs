@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::digest::Digest;
 
 /// The highest protocol version this build speaks (`Hello.version`).
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// The oldest version a receiver of this build still serves: a version 1
 /// sender offers store images only and gets no `engine` report.
@@ -145,7 +145,11 @@ pub struct BlobHeader {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChunkKind {
     Raw = 0,
+    /// One zstd frame of its own.
     Zstd = 1,
+    /// Version 3: the raw length (u32 BE), then the next piece of the zstd
+    /// stream that runs across the blob stream (see `codec`).
+    ZstdStream = 2,
 }
 
 /// A frame that cannot be decoded. The peer sent it, so this ends the
@@ -162,6 +166,10 @@ pub enum WireError {
     ChunkTooLarge(usize),
     #[error("empty chunk frame")]
     EmptyChunk,
+    #[error("bad zstd stream: {0}")]
+    Zstd(String),
+    #[error("a stream chunk does not decode to the {announced} bytes it announces")]
+    ChunkLength { announced: usize },
 }
 
 /// Encodes any frame body with its length prefix.
