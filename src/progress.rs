@@ -58,12 +58,14 @@ impl Progress {
     /// A bar for `total` bytes (unknown when `None`), labelled `label`.
     pub fn bytes(&self, label: &str, total: Option<u64>) -> Bar {
         let bar = self.multi.as_ref().map(|multi| {
-            let bar = match total {
-                Some(t) => ProgressBar::new(t),
-                None => ProgressBar::new_spinner(),
-            };
+            // Hidden until the multi takes it: a bar's own target would draw
+            // it once, outside the multi, when its style and prefix are set,
+            // and that copy would stay on the screen.
+            let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::hidden());
+            // The bar takes what the terminal's width leaves: a line that
+            // wrapped would leave copies of itself on every redraw.
             let template = if total.is_some() {
-                "{prefix:>14} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}"
+                "{prefix:>14} [{wide_bar}] {bytes}/{total_bytes} {bytes_per_sec} {eta}"
             } else {
                 "{prefix:>14} {spinner} {bytes} {bytes_per_sec}"
             };
@@ -83,6 +85,32 @@ impl Progress {
             started: Instant::now(),
             last_line: Mutex::new(Instant::now()),
             bar,
+        }
+    }
+
+    /// A line on stdout (a result, such as `Loaded image: ...`): the bars
+    /// step aside while it is written, so that their next redraw does not
+    /// erase it.
+    pub fn stdout_line(&self, line: &str) {
+        let write = || {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        };
+        match &self.multi {
+            Some(multi) => multi.suspend(write),
+            None => write(),
+        }
+    }
+
+    /// A log line on stderr, shown whatever the mode, without tearing
+    /// the bars.
+    pub fn log(&self, line: &str) {
+        match &self.multi {
+            Some(multi) => {
+                let _ = multi.println(line);
+            }
+            None => eprintln!("{line}"),
         }
     }
 
@@ -113,6 +141,11 @@ impl Bar {
     pub fn inc(&self, n: u64) {
         let pos = self.pos.fetch_add(n, Ordering::Relaxed) + n;
         if let Some(bar) = &self.bar {
+            // A total that was an estimate (an engine's image size) grows
+            // with what actually came.
+            if bar.length().is_some_and(|len| pos > len) {
+                bar.set_length(pos);
+            }
             bar.set_position(pos);
             return;
         }
@@ -132,7 +165,7 @@ impl Bar {
     fn describe(&self, pos: u64) -> String {
         let secs = self.started.elapsed().as_secs_f64().max(1e-3);
         let rate = pos as f64 / secs;
-        match self.total {
+        match self.total.map(|t| t.max(pos)) {
             Some(t) if t > 0 => format!(
                 "{} / {} ({:.0}%, {}/s)",
                 mib(pos),

@@ -139,11 +139,11 @@ async fn handle(
         return;
     };
     let who = format!("{remote} ({name})");
-    eprintln!("{who}: connected");
-    match serve(conn, &who, store.clone(), opts, view).await {
+    view.log(&format!("{who}: connected"));
+    match serve(conn, &who, store.clone(), opts, view.clone()).await {
         Ok(r) => {
             let names: Vec<String> = r.images.iter().flat_map(|(_, n)| n.clone()).collect();
-            eprintln!(
+            view.log(&format!(
                 "{who}: stored {} blob(s), {} already present; loaded {}",
                 r.blobs_stored,
                 r.blobs_skipped,
@@ -152,15 +152,22 @@ async fn handle(
                 } else {
                     names.join(", ")
                 }
-            );
+            ));
             // Loaded into the engine before `done`, so the sender saw this
             // too.
             match &r.engine {
-                Some(Ok(lines)) => lines.iter().for_each(|l| eprintln!("{who}: {l}")),
-                Some(Err(e)) => eprintln!("{who}: loading into the Docker Engine failed: {e}"),
+                Some(Ok(lines)) => lines.iter().for_each(|l| view.log(&format!("{who}: {l}"))),
+                Some(Err(e)) => view.log(&format!(
+                    "{who}: loading into the Docker Engine failed: {e}"
+                )),
                 None => {}
             }
         }
-        Err(e) => eprintln!("{who}: transfer failed: {}", e.one_line()),
+        Err(e) => {
+            // Errors about the connection already name the peer.
+            let msg = e.one_line();
+            let msg = msg.strip_prefix(&format!("{who}: ")).unwrap_or(&msg);
+            view.log(&format!("{who}: transfer failed: {msg}"));
+        }
     }
 }

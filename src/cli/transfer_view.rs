@@ -48,6 +48,11 @@ impl View {
         self.progress.println(line);
     }
 
+    /// A listener's log line: shown even with `--no-progress`.
+    pub fn log(&self, line: &str) {
+        self.progress.log(line);
+    }
+
     fn label(digest: &Digest) -> String {
         digest.short().to_string()
     }
@@ -129,12 +134,13 @@ impl View {
         if self.json {
             return;
         }
-        let mut out = std::io::stdout().lock();
         if names.is_empty() {
-            let _ = writeln!(out, "Loaded image ID: {id} on {dest}");
+            self.progress
+                .stdout_line(&format!("Loaded image ID: {id} on {dest}"));
         }
         for name in names {
-            let _ = writeln!(out, "Loaded image: {name} on {dest}");
+            self.progress
+                .stdout_line(&format!("Loaded image: {name} on {dest}"));
         }
     }
 }
@@ -177,8 +183,8 @@ impl SendEvents for View {
         let dest = self.dest.as_deref().unwrap_or("the receiver");
         for line in &report.lines {
             if line.starts_with("Loaded image") {
-                let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "{line} into the Docker Engine on {dest}");
+                self.progress
+                    .stdout_line(&format!("{line} into the Docker Engine on {dest}"));
             } else {
                 self.println(&format!("{dest}: {line}"));
             }
