@@ -457,10 +457,11 @@ async fn send_blob_inner(job: BlobJob) -> Result<(u64, u64), TransferError> {
         let len = frame.len();
         let t = Instant::now();
         stream.write_chunk(frame).await.map_err(write_err)?;
-        chooser.record_wire(len, t.elapsed());
         if let Some(limit) = &limit {
             limit.pace(len).await;
         }
+        // The link as this stream sees it: --bwlimit is part of it.
+        chooser.record_wire(len, t.elapsed());
         events.progress(&want.digest, n as u64);
         raw += n as u64;
         wire += len as u64;

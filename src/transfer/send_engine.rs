@@ -158,11 +158,13 @@ pub async fn send_engine(
     let total: u64 = images.iter().map(|i| i.size).sum();
     let chooser = Chooser::new(opts.compress, 1);
     let limit = RateLimit::new(opts.bwlimit);
-    let mut encoder = ChunkEncoder::new(&chooser).map_err(|source| TransferError::Io {
+    let zstd_error = |source| TransferError::Io {
         what: "zstd".into(),
         source,
-    })?;
-    let mut stream: Option<(quinn::SendStream, Digest, u64, u64)> = None;
+    };
+    // The blob being sent: its stream, digest, raw and wire bytes so far,
+    // and its encoder (a blob stream's zstd stream is its own).
+    let mut stream: Option<(quinn::SendStream, Digest, u64, u64, ChunkEncoder)> = None;
     // Once a second, whether the export moves or not (Docker 20.10 writes
     // a whole image to a temporary directory before the first byte): the
     // receiver shows it, and its stall timer starts again.
@@ -182,28 +184,29 @@ pub async fn send_engine(
                     let header = BlobHeader { digest: digest.clone(), offset, size: Some(size) };
                     s.write_all(&header.encode()).await.map_err(|e| write_error(peer, e))?;
                     events.started(&digest, size, offset);
-                    stream = Some((s, digest, 0, 0));
+                    let encoder = ChunkEncoder::new(&chooser).map_err(zstd_error)?;
+                    stream = Some((s, digest, 0, 0, encoder));
                 }
                 Some(Feed::Chunk(bytes)) => {
-                    let Some((s, digest, raw, wire)) = stream.as_mut() else {
+                    let Some((s, digest, raw, wire, encoder)) = stream.as_mut() else {
                         continue;
                     };
                     let frame = tokio::task::block_in_place(|| {
                         encoder.encode(encode_chunk(ChunkKind::Raw, &bytes))
                     })
-                    .map_err(|source| TransferError::Io { what: "zstd".into(), source })?;
+                    .map_err(zstd_error)?;
                     let t = Instant::now();
                     s.write_all(&frame).await.map_err(|e| write_error(peer, e))?;
-                    chooser.record_wire(frame.len(), t.elapsed());
                     if let Some(limit) = &limit {
                         limit.pace(frame.len()).await;
                     }
+                    chooser.record_wire(frame.len(), t.elapsed());
                     events.progress(digest, bytes.len() as u64);
                     *raw += bytes.len() as u64;
                     *wire += frame.len() as u64;
                 }
                 Some(Feed::End) => {
-                    if let Some((mut s, digest, raw, wire)) = stream.take() {
+                    if let Some((mut s, digest, raw, wire, _)) = stream.take() {
                         s.finish().map_err(|e| TransferError::Stream {
                             what: peer.to_string(),
                             reason: e.to_string(),
