@@ -2,9 +2,6 @@
 //! `--root` and `--config`), over 127.0.0.1: dedupe, trust, pinning.
 
 mod common;
-
-use std::process::Command;
-
 use common::peers::{Listener, done_event, image_in, trust};
 use common::seed::{seed_archive, seed_generated};
 use common::{Env, corpus};
@@ -201,7 +198,25 @@ fn push_peer_refuses_bad_arguments_clearly() {
     let sender = Env::new();
     let err = sender.fails(&["push-peer", "nope:1", "127.0.0.1:1"]);
     assert!(err.contains("No such image: nope:1"), "{err}");
+    // One argument is the destination: the images are missing.
     let err = sender.fails(&["push-peer", "x"]);
-    assert!(err.contains("IMAGE... DEST"), "{err}");
-    let _ = Command::new("true").status();
+    assert!(err.contains("<IMAGE>..."), "{err}");
+    assert!(err.contains("<IMAGE>... <DEST>"), "{err}");
+}
+
+/// `--config` goes before or after the command, as `--root` does.
+#[test]
+fn config_is_taken_anywhere_on_the_line() {
+    let env = Env::new();
+    let dir = env.path("elsewhere");
+    let dir = dir.to_str().unwrap();
+    let before = env.ok(&["--config", dir, "id"]);
+    let after = env.ok(&["id", "--config", dir]);
+    assert_eq!(before, after);
+    assert_ne!(before, env.ok(&["id"]), "RIMG_CONFIG is another directory");
+    let fp = before.trim();
+    env.ok(&["trust", "add", "--config", dir, "--name", "me", fp]);
+    assert!(env.ok(&["trust", "ls", "--config", dir]).contains("me"));
+    assert!(env.ok(&["--config", dir, "trust", "ls"]).contains(fp));
+    assert!(!env.ok(&["trust", "ls"]).contains(fp));
 }

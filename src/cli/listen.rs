@@ -16,7 +16,6 @@ use rimg::transfer::session::Limits;
 use rimg::transfer::{close, tls};
 
 use super::Context;
-use super::id::ConfigArgs;
 use super::transfer_view::{View, runtime};
 
 #[derive(Debug, clap::Args)]
@@ -40,14 +39,11 @@ pub struct Args {
     /// Also load what is received into the local Docker Engine.
     #[arg(long, value_enum, value_name = "docker-daemon")]
     into: Option<super::into::Into>,
-
-    #[command(flatten)]
-    config: ConfigArgs,
 }
 
 pub fn run(args: Args, ctx: &Context) -> Result<()> {
     let store = ctx.store()?;
-    let config = args.config.dir();
+    let config = ctx.config_dir();
     let identity = Identity::load_or_create(&config)?;
     let opts = ReceiveOptions {
         limits: Limits {

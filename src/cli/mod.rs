@@ -59,6 +59,11 @@ pub struct Cli {
     #[arg(long, global = true)]
     no_progress: bool,
 
+    /// Identity and trust directory (id, trust, listen, push-peer).
+    /// Default: $RIMG_CONFIG, else ~/.config/rimg (/etc/rimg as root).
+    #[arg(long, global = true, value_name = "DIR", env = "RIMG_CONFIG")]
+    config: Option<PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -128,6 +133,7 @@ enum ImageCommand {
 /// What every command gets: the parsed global flags.
 pub struct Context {
     root: PathBuf,
+    config: Option<PathBuf>,
     pub quiet: bool,
     progress: progress::Mode,
 }
@@ -142,6 +148,13 @@ impl Context {
 
     pub fn progress(&self) -> Progress {
         Progress::new(self.progress)
+    }
+
+    /// The identity and trust directory.
+    pub fn config_dir(&self) -> PathBuf {
+        self.config
+            .clone()
+            .unwrap_or_else(rimg::transfer::identity::default_config_dir)
     }
 
     /// Prints a status line on stderr unless `-q`.
@@ -188,6 +201,7 @@ pub fn main() -> ExitCode {
     init_logging(cli.verbose, cli.quiet);
     let ctx = Context {
         root: cli.root.clone().unwrap_or_else(rimg::store::default_root),
+        config: cli.config.clone(),
         quiet: cli.quiet,
         progress: progress::Mode::detect(cli.no_progress || cli.quiet),
     };

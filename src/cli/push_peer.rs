@@ -28,17 +28,20 @@ use rimg::transfer::send::{Outgoing, SendOptions, Summary, send};
 use rimg::transfer::send_engine::{EngineOutgoing, OpenExport, send_engine};
 use rimg::transfer::{TransferError, close, tls};
 
-use super::id::ConfigArgs;
 use super::transfer_view::{View, parse_rate, runtime};
 use super::{Context, Hinted};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Images (names, IDs or ID prefixes, or `docker-daemon:NAME[:TAG]` for
-    /// images of the local Docker Engine), then DEST: `host:port` for a
-    /// `rimg listen`, or `[user@]host` to start a receiver over ssh.
-    #[arg(required = true, num_args = 2.., value_name = "IMAGE... DEST")]
-    targets: Vec<String>,
+    /// Images: names, IDs or ID prefixes, or `docker-daemon:NAME[:TAG]` for
+    /// images of the local Docker Engine.
+    #[arg(required = true, num_args = 1.., value_name = "IMAGE")]
+    images: Vec<String>,
+
+    /// `host:port` for a `rimg listen`, or `[user@]host` to start a
+    /// receiver over ssh.
+    #[arg(required = true, value_name = "DEST")]
+    dest: String,
 
     /// One JSON object per line on stdout, ending with a `done` event.
     #[arg(long)]
@@ -81,9 +84,6 @@ pub struct Args {
     /// Blobs sent at once, each on its own stream.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=16))]
     streams: u16,
-
-    #[command(flatten)]
-    config: ConfigArgs,
 }
 
 /// Where to send.
@@ -120,11 +120,11 @@ fn parse_dest(dest: &str) -> Result<Dest> {
 }
 
 pub fn run(args: Args, ctx: &Context) -> Result<()> {
-    let (dest_arg, names) = args.targets.split_last().expect("clap requires two");
+    let (dest_arg, names) = (&args.dest, &args.images[..]);
     let dest = parse_dest(dest_arg)?;
     let store = ctx.store()?;
     let mut payload = Some(payload(&store, names)?);
-    let config = args.config.dir();
+    let config = ctx.config_dir();
     let identity = Identity::load_or_create(&config)?;
     let view = Arc::new(View::new(ctx.progress(), args.json, Some(dest_arg.clone())));
     let mut opts = SendOptions {

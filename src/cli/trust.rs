@@ -7,14 +7,11 @@ use rimg::digest::Digest;
 use rimg::transfer::identity::{TrustEntry, TrustFile};
 
 use super::Context;
-use super::id::ConfigArgs;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(subcommand)]
     action: Action,
-    #[command(flatten)]
-    config: ConfigArgs,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -34,7 +31,7 @@ enum Action {
 }
 
 pub fn run(args: Args, ctx: &Context) -> Result<()> {
-    let file = TrustFile::authorized(&args.config.dir());
+    let file = TrustFile::authorized(&ctx.config_dir());
     match args.action {
         Action::Add { name, fingerprint } => {
             let fingerprint: Digest = fingerprint.parse()?;
