@@ -445,6 +445,50 @@ fn a_config_that_is_not_an_image_config_is_not_tagged() {
     receiver.assert_consistent();
 }
 
+/// A deferred offer whose DiffIDs are not the ones its config lists: each
+/// blob matches its digest, and the manifest matches the offer, but the
+/// image would be one no engine loads (this store's layers are their
+/// DiffIDs). It is not tagged, and the error names the config.
+#[test]
+fn a_deferred_image_whose_config_lists_other_diff_ids_is_not_tagged() {
+    let (sender, receiver, listener) = setup(&[]);
+    seed_generated(&receiver.root(), "kept:1", &[b"kept layer".to_vec()]);
+    let before = receiver.snapshot();
+    let (layer, claimed) = (b"the layer sent".to_vec(), b"the layer claimed".to_vec());
+    let diff = Digest::of(&layer);
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [Digest::of(&claimed).to_string()]},
+    }))
+    .unwrap();
+    let id = Digest::of(&config);
+    rt().block_on(async {
+        let mut h = connect(&sender, &listener.addr).await;
+        h.offer_deferred(&id, std::slice::from_ref(&diff)).await;
+        assert!(matches!(h.hear().await, Message::Want { .. }));
+        send_sized_blob(&h.conn, &id, &config, config.len() as u64).await;
+        send_sized_blob(&h.conn, &diff, &layer, layer.len() as u64).await;
+        h.say(&Message::Manifests {
+            manifests: vec![manifest_text(
+                (&id, config.len() as u64),
+                &[(&diff, layer.len() as u64)],
+            )],
+        })
+        .await;
+        let reason = h.closed_reason().await;
+        assert!(
+            reason.contains(&format!("config {id} is not valid"))
+                && reason.contains("not the manifest's 1 layer(s)"),
+            "{reason}"
+        );
+    });
+    listener.wait_log("transfer failed");
+    assert_eq!(receiver.snapshot().index, before.index, "nothing tagged");
+    assert!(!receiver.ok(&["images"]).contains("evil"));
+    receiver.assert_consistent();
+}
+
 /// The manifest's media type becomes the store index's descriptor: an
 /// index or anything else there would break OCI tools reading the store.
 #[test]
