@@ -644,3 +644,85 @@ fn a_killed_push_from_the_engine_resumes_where_it_stopped() {
     assert_eq!(String::from_utf8_lossy(&inspect.stdout).trim(), id);
     receiver.assert_consistent();
 }
+
+/// A stand-in for the Engine API on a unix socket: it answers `/version`,
+/// `/_ping` and an image's inspect like an engine holding the corpus's
+/// bb:1, and answers the export (`/images/get`) with `export` after
+/// `delay`, as an engine that first writes a large image to a temporary
+/// directory does.
+fn fake_engine(socket: &std::path::Path, delay: std::time::Duration, export: Vec<u8>) {
+    use std::io::{Read, Write};
+    let listener = std::os::unix::net::UnixListener::bind(socket).unwrap();
+    let export = std::sync::Arc::new(export);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let (mut conn, export) = (conn.unwrap(), export.clone());
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut byte = [0u8; 1];
+                loop {
+                    buf.clear();
+                    while !buf.ends_with(b"\r\n\r\n") {
+                        if conn.read(&mut byte).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        buf.push(byte[0]);
+                    }
+                    let head = String::from_utf8_lossy(&buf).into_owned();
+                    let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                    let (kind, body) = if path.contains("/images/get") {
+                        std::thread::sleep(delay);
+                        ("application/x-tar", export.to_vec())
+                    } else if path.ends_with("/json") {
+                        let inspect = serde_json::json!({
+                            "Id": BB_ID,
+                            "RepoTags": ["bb:1"],
+                            "RootFS": {"Type": "layers", "Layers": [BB_LAYER]},
+                            "Size": export.len(),
+                        });
+                        ("application/json", inspect.to_string().into_bytes())
+                    } else if path.ends_with("/version") {
+                        let version = r#"{"ApiVersion":"1.41","Version":"20.10.24"}"#;
+                        ("application/json", version.as_bytes().to_vec())
+                    } else {
+                        ("text/plain", b"OK".to_vec())
+                    };
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    if conn.write_all(head.as_bytes()).is_err() || conn.write_all(&body).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// The engine answers an export only once it has written the whole image
+/// to a temporary directory, and a load only once it has read the whole
+/// archive: for a large image that is minutes. The client library's
+/// two-minute request timeout used to end both. Here an engine that takes
+/// a little over two minutes to answer its export (no Docker needed).
+#[test]
+fn an_export_the_engine_answers_after_two_minutes_is_read() {
+    let env = Env::new();
+    let socket = env.path("slow-engine.sock");
+    let export = std::fs::read(corpus("d20-busybox.tar")).unwrap();
+    fake_engine(&socket, std::time::Duration::from_secs(125), export);
+
+    let out = env
+        .cmd(&["load", "--from", "docker-daemon:bb:1"])
+        .env("DOCKER_HOST", format!("unix://{}", socket.display()))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "Loaded image: bb:1"
+    );
+    assert_eq!(env.ok(&["images", "-q", "--no-trunc"]).trim(), BB_ID);
+    env.assert_consistent();
+}

@@ -41,6 +41,13 @@ const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
 const CHANNEL_DEPTH: usize = 16;
 const CHUNK: usize = 256 << 10;
 
+/// How long the export and the load may wait for the engine's answer.
+/// Both answer late: the export once the engine has written the whole
+/// image to a temporary directory, the load once it has read the whole
+/// archive. The client's default (two minutes, meant for short calls) is
+/// shorter than that takes for a large image, so these two get a day.
+const STREAM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// `docker-daemon:NAME` → `Some("NAME")`.
 pub fn parse_source(s: &str) -> Option<&str> {
     s.strip_prefix(SCHEME).filter(|n| !n.is_empty())
@@ -260,7 +267,8 @@ impl Engine {
             self.inspect(name)?;
         }
         let (tx, rx) = mpsc::channel::<Result<Bytes, EngineError>>(CHANNEL_DEPTH);
-        let mut stream = Box::pin(self.docker.export_images(names));
+        let docker = self.docker.clone().with_timeout(STREAM_TIMEOUT);
+        let mut stream = Box::pin(docker.export_images(names));
         let host = self.host.clone();
         self.rt.spawn(async move {
             while let Some(item) = stream.next().await {
@@ -308,7 +316,8 @@ impl Engine {
         let options = ImportImageOptionsBuilder::default().quiet(true).build();
         let responses = self.rt.block_on(async {
             let mut lines = Vec::new();
-            let mut stream = Box::pin(self.docker.import_image_stream(options, body, None));
+            let docker = self.docker.clone().with_timeout(STREAM_TIMEOUT);
+            let mut stream = Box::pin(docker.import_image_stream(options, body, None));
             while let Some(item) = stream.next().await {
                 match item {
                     Ok(info) => {
