@@ -586,6 +586,38 @@ fn push_peer_of_a_missing_engine_image_is_the_engines_word() {
     assert!(err.contains("not both"), "{err}");
 }
 
+/// A push from the engine that fails before it reads the export (here the
+/// listener does not trust the sender) used to panic while dropping the
+/// engine client inside async code, exiting 101 without the listener's
+/// reason. It is an error like any other, and the receiver's store is as
+/// it was.
+#[test]
+fn a_refused_push_from_the_engine_is_an_error_not_a_panic() {
+    if !need_docker() {
+        return;
+    }
+    let image = EngineImage::busybox("rimg-hostile3-refused:1");
+    let (sender, receiver) = (Env::new(), Env::new());
+    let listener = Listener::start(&receiver, &[]);
+    let before = receiver.snapshot();
+
+    let out = sender
+        .cmd(&[
+            "push-peer",
+            "--accept-new",
+            &format!("docker-daemon:{}", image.0),
+            &listener.addr,
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains("is not authorized by this listener"), "{err}");
+    assert_eq!(receiver.snapshot(), before);
+    receiver.assert_consistent();
+}
+
 /// Bytes no compressor shrinks (xorshift), so that `--bwlimit` paces them.
 fn noise(len: usize) -> Vec<u8> {
     let mut x = 0x2545_f491_4f6c_dd1du64;

@@ -136,8 +136,30 @@ pub struct EngineImage {
 /// A connection to the local engine.
 pub struct Engine {
     docker: Docker,
-    rt: tokio::runtime::Runtime,
+    rt: OwnRuntime,
     host: String,
+}
+
+/// The engine client's runtime, shut down in the background when dropped:
+/// dropping a runtime the usual way blocks, which panics inside async code,
+/// and an engine may end up dropped there (a push that fails before it
+/// reads the export drops the engine that would have streamed it).
+struct OwnRuntime(Option<tokio::runtime::Runtime>);
+
+impl std::ops::Deref for OwnRuntime {
+    type Target = tokio::runtime::Runtime;
+
+    fn deref(&self) -> &tokio::runtime::Runtime {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl Drop for OwnRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl Engine {
@@ -156,6 +178,7 @@ impl Engine {
                 host: host.clone(),
                 reason: format!("starting the runtime: {e}"),
             })?;
+        let rt = OwnRuntime(Some(rt));
         let docker = {
             let _guard = rt.enter();
             Docker::connect_with_host(&host).map_err(|e| classify(&host, e))?
