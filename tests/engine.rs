@@ -618,6 +618,41 @@ fn a_refused_push_from_the_engine_is_an_error_not_a_panic() {
     receiver.assert_consistent();
 }
 
+/// The name goes into the Engine API's request path: `NAME/json?` used to
+/// inspect NAME (a push then offered that image, and only the export
+/// failed), `..` reached other endpoints. Such names are refused before
+/// the engine is asked, naming the name; the store is as it was.
+#[test]
+fn a_name_the_engine_would_not_see_as_typed_is_refused() {
+    if !need_docker() {
+        return;
+    }
+    let image = EngineImage::busybox("rimg-hostile3-names:1");
+    let env = Env::new();
+    env.ok(&["load", "-i", corpus("d20-edge.tar").to_str().unwrap()]);
+    let before = env.snapshot();
+    for name in [
+        format!("{}/json?", image.0),
+        format!("{}#x", image.0),
+        format!("x/../{}", image.0),
+    ] {
+        let source = format!("docker-daemon:{name}");
+        for args in [
+            &["load", "--from", &source][..],
+            &["save", "-o", "/dev/null", &source],
+            &["push-peer", &source, "127.0.0.1:9"],
+        ] {
+            let err = env.fails(args);
+            assert!(
+                err.contains(&format!("{name:?} is not an image name or ID")),
+                "{args:?}: {err}"
+            );
+            assert!(err.contains("hint:"), "{err}");
+        }
+    }
+    assert_eq!(env.snapshot(), before);
+}
+
 /// Bytes no compressor shrinks (xorshift), so that `--bwlimit` paces them.
 fn noise(len: usize) -> Vec<u8> {
     let mut x = 0x2545_f491_4f6c_dd1du64;

@@ -63,6 +63,10 @@ pub enum EngineError {
     /// The socket exists but this user may not open it.
     #[error("permission denied on the Docker Engine socket {host}")]
     PermissionDenied { host: String },
+    /// A name that cannot be an image's: it would not reach the engine as
+    /// typed.
+    #[error("{name:?} is not an image name or ID: {reason}")]
+    BadName { name: String, reason: String },
     /// The engine has no image by that name.
     #[error("the Docker Engine has no image {name:?}: {message}")]
     NoSuchImage { name: String, message: String },
@@ -88,7 +92,7 @@ impl EngineError {
             EngineError::PermissionDenied { .. } => {
                 Some("add this user to the docker group (then log in again), or run as root".into())
             }
-            EngineError::NoSuchImage { .. } => {
+            EngineError::NoSuchImage { .. } | EngineError::BadName { .. } => {
                 Some("`docker images` lists what the engine has".into())
             }
             _ => None,
@@ -200,6 +204,7 @@ impl Engine {
 
     /// Inspects `name` (a name or an ID).
     pub fn inspect(&self, name: &str) -> Result<EngineImage, EngineError> {
+        check_name(name)?;
         let inspect = self
             .rt
             .block_on(self.docker.inspect_image(name))
@@ -400,6 +405,30 @@ impl Engine {
             other => classify(&self.host, other),
         }
     }
+}
+
+/// Refuses a name the Engine API would not see as typed: the client puts
+/// it into the request's path as it is, so `NAME/json?` would inspect
+/// NAME, and `..` would reach another endpoint. What is left (letters,
+/// digits, `._-/:@`) the engine judges itself, with its own message.
+fn check_name(name: &str) -> Result<(), EngineError> {
+    let bad = |reason: String| EngineError::BadName {
+        name: name.to_string(),
+        reason,
+    };
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "._-/:@".contains(*c)))
+    {
+        return Err(bad(format!("{c:?} is not allowed in one")));
+    }
+    if name
+        .split('/')
+        .any(|part| part.is_empty() || part == "." || part == "..")
+    {
+        return Err(bad("it has an empty, `.` or `..` path component".into()));
+    }
+    Ok(())
 }
 
 /// Maps a client error to what a user needs to know, keeping the engine's
