@@ -586,6 +586,73 @@ fn push_peer_of_a_missing_engine_image_is_the_engines_word() {
     assert!(err.contains("not both"), "{err}");
 }
 
+/// A push from the engine that fails before it reads the export (here the
+/// listener does not trust the sender) used to panic while dropping the
+/// engine client inside async code, exiting 101 without the listener's
+/// reason. It is an error like any other, and the receiver's store is as
+/// it was.
+#[test]
+fn a_refused_push_from_the_engine_is_an_error_not_a_panic() {
+    if !need_docker() {
+        return;
+    }
+    let image = EngineImage::busybox("rimg-hostile3-refused:1");
+    let (sender, receiver) = (Env::new(), Env::new());
+    let listener = Listener::start(&receiver, &[]);
+    let before = receiver.snapshot();
+
+    let out = sender
+        .cmd(&[
+            "push-peer",
+            "--accept-new",
+            &format!("docker-daemon:{}", image.0),
+            &listener.addr,
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains("is not authorized by this listener"), "{err}");
+    assert_eq!(receiver.snapshot(), before);
+    receiver.assert_consistent();
+}
+
+/// The name goes into the Engine API's request path: `NAME/json?` used to
+/// inspect NAME (a push then offered that image, and only the export
+/// failed), `..` reached other endpoints. Such names are refused before
+/// the engine is asked, naming the name; the store is as it was.
+#[test]
+fn a_name_the_engine_would_not_see_as_typed_is_refused() {
+    if !need_docker() {
+        return;
+    }
+    let image = EngineImage::busybox("rimg-hostile3-names:1");
+    let env = Env::new();
+    env.ok(&["load", "-i", corpus("d20-edge.tar").to_str().unwrap()]);
+    let before = env.snapshot();
+    for name in [
+        format!("{}/json?", image.0),
+        format!("{}#x", image.0),
+        format!("x/../{}", image.0),
+    ] {
+        let source = format!("docker-daemon:{name}");
+        for args in [
+            &["load", "--from", &source][..],
+            &["save", "-o", "/dev/null", &source],
+            &["push-peer", &source, "127.0.0.1:9"],
+        ] {
+            let err = env.fails(args);
+            assert!(
+                err.contains(&format!("{name:?} is not an image name or ID")),
+                "{args:?}: {err}"
+            );
+            assert!(err.contains("hint:"), "{err}");
+        }
+    }
+    assert_eq!(env.snapshot(), before);
+}
+
 /// Bytes no compressor shrinks (xorshift), so that `--bwlimit` paces them.
 fn noise(len: usize) -> Vec<u8> {
     let mut x = 0x2545_f491_4f6c_dd1du64;
@@ -643,4 +710,86 @@ fn a_killed_push_from_the_engine_resumes_where_it_stopped() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&inspect.stdout).trim(), id);
     receiver.assert_consistent();
+}
+
+/// A stand-in for the Engine API on a unix socket: it answers `/version`,
+/// `/_ping` and an image's inspect like an engine holding the corpus's
+/// bb:1, and answers the export (`/images/get`) with `export` after
+/// `delay`, as an engine that first writes a large image to a temporary
+/// directory does.
+fn fake_engine(socket: &std::path::Path, delay: std::time::Duration, export: Vec<u8>) {
+    use std::io::{Read, Write};
+    let listener = std::os::unix::net::UnixListener::bind(socket).unwrap();
+    let export = std::sync::Arc::new(export);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let (mut conn, export) = (conn.unwrap(), export.clone());
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut byte = [0u8; 1];
+                loop {
+                    buf.clear();
+                    while !buf.ends_with(b"\r\n\r\n") {
+                        if conn.read(&mut byte).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        buf.push(byte[0]);
+                    }
+                    let head = String::from_utf8_lossy(&buf).into_owned();
+                    let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                    let (kind, body) = if path.contains("/images/get") {
+                        std::thread::sleep(delay);
+                        ("application/x-tar", export.to_vec())
+                    } else if path.ends_with("/json") {
+                        let inspect = serde_json::json!({
+                            "Id": BB_ID,
+                            "RepoTags": ["bb:1"],
+                            "RootFS": {"Type": "layers", "Layers": [BB_LAYER]},
+                            "Size": export.len(),
+                        });
+                        ("application/json", inspect.to_string().into_bytes())
+                    } else if path.ends_with("/version") {
+                        let version = r#"{"ApiVersion":"1.41","Version":"20.10.24"}"#;
+                        ("application/json", version.as_bytes().to_vec())
+                    } else {
+                        ("text/plain", b"OK".to_vec())
+                    };
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    if conn.write_all(head.as_bytes()).is_err() || conn.write_all(&body).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// The engine answers an export only once it has written the whole image
+/// to a temporary directory, and a load only once it has read the whole
+/// archive: for a large image that is minutes. The client library's
+/// two-minute request timeout used to end both. Here an engine that takes
+/// a little over two minutes to answer its export (no Docker needed).
+#[test]
+fn an_export_the_engine_answers_after_two_minutes_is_read() {
+    let env = Env::new();
+    let socket = env.path("slow-engine.sock");
+    let export = std::fs::read(corpus("d20-busybox.tar")).unwrap();
+    fake_engine(&socket, std::time::Duration::from_secs(125), export);
+
+    let out = env
+        .cmd(&["load", "--from", "docker-daemon:bb:1"])
+        .env("DOCKER_HOST", format!("unix://{}", socket.display()))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "Loaded image: bb:1"
+    );
+    assert_eq!(env.ok(&["images", "-q", "--no-trunc"]).trim(), BB_ID);
+    env.assert_consistent();
 }

@@ -445,6 +445,139 @@ fn a_config_that_is_not_an_image_config_is_not_tagged() {
     receiver.assert_consistent();
 }
 
+/// A deferred offer whose DiffIDs are not the ones its config lists: each
+/// blob matches its digest, and the manifest matches the offer, but the
+/// image would be one no engine loads (this store's layers are their
+/// DiffIDs). It is not tagged, and the error names the config.
+#[test]
+fn a_deferred_image_whose_config_lists_other_diff_ids_is_not_tagged() {
+    let (sender, receiver, listener) = setup(&[]);
+    seed_generated(&receiver.root(), "kept:1", &[b"kept layer".to_vec()]);
+    let before = receiver.snapshot();
+    let (layer, claimed) = (b"the layer sent".to_vec(), b"the layer claimed".to_vec());
+    let diff = Digest::of(&layer);
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [Digest::of(&claimed).to_string()]},
+    }))
+    .unwrap();
+    let id = Digest::of(&config);
+    rt().block_on(async {
+        let mut h = connect(&sender, &listener.addr).await;
+        h.offer_deferred(&id, std::slice::from_ref(&diff)).await;
+        assert!(matches!(h.hear().await, Message::Want { .. }));
+        send_sized_blob(&h.conn, &id, &config, config.len() as u64).await;
+        send_sized_blob(&h.conn, &diff, &layer, layer.len() as u64).await;
+        h.say(&Message::Manifests {
+            manifests: vec![manifest_text(
+                (&id, config.len() as u64),
+                &[(&diff, layer.len() as u64)],
+            )],
+        })
+        .await;
+        let reason = h.closed_reason().await;
+        assert!(
+            reason.contains(&format!("config {id} is not valid"))
+                && reason.contains("not the manifest's 1 layer(s)"),
+            "{reason}"
+        );
+    });
+    listener.wait_log("transfer failed");
+    assert_eq!(receiver.snapshot().index, before.index, "nothing tagged");
+    assert!(!receiver.ok(&["images"]).contains("evil"));
+    receiver.assert_consistent();
+}
+
+/// The corpus's bb:1 in the local engine as `name` (without the archive's
+/// own tag), removed again when dropped.
+struct EngineBusybox(String);
+
+impl EngineBusybox {
+    fn load(name: &str) -> EngineBusybox {
+        let docker = |args: &[&str]| {
+            std::process::Command::new("docker")
+                .args(args)
+                .output()
+                .expect("docker runs")
+        };
+        let path = common::corpus("d20-busybox.tar");
+        assert!(
+            docker(&["load", "-q", "-i", path.to_str().unwrap()])
+                .status
+                .success()
+        );
+        assert!(docker(&["tag", BB_ID, name]).status.success());
+        let _ = docker(&["rmi", "bb:1"]);
+        EngineBusybox(name.to_string())
+    }
+}
+
+impl Drop for EngineBusybox {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["rmi", &self.0])
+            .output();
+    }
+}
+
+const BB_ID: &str = "sha256:f36dafd20b57aa6dacb2ef53dac24fdd237eedd1cf22f3cf94b48611cf34a5ce";
+const BB_LAYER: &str = "sha256:f03a735d7d1d0ca5da199ad97350a5bdfeb3a1014200b55f08fba92c5ec24c68";
+const BB_LAYER_SIZE: u64 = 1_996_800;
+
+/// A sender that drops its connection leaves its bytes in `partial/` for a
+/// resume. A hostile one can leave more bytes under a layer's digest than
+/// the layer has; a push from an engine (which learns the layer's size only
+/// from its export) then met an offset past the layer's end and failed, and
+/// so did every retry. The partial file is shown wrong then: the layer is
+/// sent again from its start.
+#[test]
+fn a_partial_longer_than_its_blob_does_not_block_a_push_from_the_engine() {
+    if !common::need_docker() {
+        return;
+    }
+    let (sender, receiver, listener) = setup(&[]);
+    let layer: Digest = BB_LAYER.parse().unwrap();
+    let junk = vec![0x5au8; 1 << 20];
+    rt().block_on(async {
+        let mut h = connect(&sender, &listener.addr).await;
+        h.offer_deferred(&Digest::of(b"{}"), std::slice::from_ref(&layer))
+            .await;
+        assert!(matches!(h.hear().await, Message::Want { .. }));
+        let mut stream = h.conn.open_uni().await.unwrap();
+        let header = BlobHeader {
+            digest: layer.clone(),
+            offset: 0,
+            size: Some(3 * BB_LAYER_SIZE),
+        };
+        stream.write_all(&header.encode()).await.unwrap();
+        for _ in 0..3 {
+            let frame = encode_chunk(ChunkKind::Raw, &junk);
+            stream.write_all(&frame).await.unwrap();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while partial_files(&receiver).iter().sum::<u64>() < 3 << 20 {
+            assert!(std::time::Instant::now() < deadline, "no partial file");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        h.conn.close(0u32.into(), b"gone");
+    });
+    listener.wait_log("transfer failed");
+    assert!(partial_files(&receiver).iter().sum::<u64>() > BB_LAYER_SIZE);
+
+    let image = EngineBusybox::load("rimg-hostile3-partial:1");
+    let source = format!("docker-daemon:{}", image.0);
+    let out = sender.ok(&["push-peer", "--accept-new", &source, &listener.addr]);
+    assert!(
+        out.contains("Loaded image: rimg-hostile3-partial:1 on"),
+        "{out}"
+    );
+    let ids = receiver.ok(&["images", "-q", "--no-trunc"]);
+    assert_eq!(ids.trim(), BB_ID);
+    assert!(partial_files(&receiver).is_empty());
+    receiver.assert_consistent();
+}
+
 /// The manifest's media type becomes the store index's descriptor: an
 /// index or anything else there would break OCI tools reading the store.
 #[test]

@@ -69,13 +69,6 @@ pub enum ExportError {
         #[source]
         source: io::Error,
     },
-    /// The receiver asked to continue a blob past its end.
-    #[error("blob {digest} is {size} bytes, but the receiver holds {offset} of it")]
-    OffsetPastEnd {
-        digest: Digest,
-        size: u64,
-        offset: u64,
-    },
     /// A layer is not in the export under its DiffID: the engine stores it
     /// compressed (containerd image store), or wrote a shape we do not know.
     #[error(
@@ -272,13 +265,16 @@ fn send_blob(
     read: &Cell<u64>,
     sink: &mut dyn BlobSink,
 ) -> Result<(), ExportError> {
-    if offset > size {
-        return Err(ExportError::OffsetPastEnd {
-            digest: digest.clone(),
-            size,
-            offset,
-        });
-    }
+    // The receiver asked for a blob of unknown size from its partial file,
+    // which turns out longer than the blob: not a prefix of it (a peer
+    // left junk there). Start over, which the receiver accepts and which
+    // clears that file; failing here would fail every retry alike.
+    let offset = if offset > size {
+        tracing::debug!(%digest, size, offset, "the receiver holds more than the blob: from 0");
+        0
+    } else {
+        offset
+    };
     let sink_err = |source| ExportError::Sink {
         digest: digest.clone(),
         source,

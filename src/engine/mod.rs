@@ -41,6 +41,13 @@ const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
 const CHANNEL_DEPTH: usize = 16;
 const CHUNK: usize = 256 << 10;
 
+/// How long the export and the load may wait for the engine's answer.
+/// Both answer late: the export once the engine has written the whole
+/// image to a temporary directory, the load once it has read the whole
+/// archive. The client's default (two minutes, meant for short calls) is
+/// shorter than that takes for a large image, so these two get a day.
+const STREAM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// `docker-daemon:NAME` → `Some("NAME")`.
 pub fn parse_source(s: &str) -> Option<&str> {
     s.strip_prefix(SCHEME).filter(|n| !n.is_empty())
@@ -56,6 +63,10 @@ pub enum EngineError {
     /// The socket exists but this user may not open it.
     #[error("permission denied on the Docker Engine socket {host}")]
     PermissionDenied { host: String },
+    /// A name that cannot be an image's: it would not reach the engine as
+    /// typed.
+    #[error("{name:?} is not an image name or ID: {reason}")]
+    BadName { name: String, reason: String },
     /// The engine has no image by that name.
     #[error("the Docker Engine has no image {name:?}: {message}")]
     NoSuchImage { name: String, message: String },
@@ -81,7 +92,7 @@ impl EngineError {
             EngineError::PermissionDenied { .. } => {
                 Some("add this user to the docker group (then log in again), or run as root".into())
             }
-            EngineError::NoSuchImage { .. } => {
+            EngineError::NoSuchImage { .. } | EngineError::BadName { .. } => {
                 Some("`docker images` lists what the engine has".into())
             }
             _ => None,
@@ -129,8 +140,30 @@ pub struct EngineImage {
 /// A connection to the local engine.
 pub struct Engine {
     docker: Docker,
-    rt: tokio::runtime::Runtime,
+    rt: OwnRuntime,
     host: String,
+}
+
+/// The engine client's runtime, shut down in the background when dropped:
+/// dropping a runtime the usual way blocks, which panics inside async code,
+/// and an engine may end up dropped there (a push that fails before it
+/// reads the export drops the engine that would have streamed it).
+struct OwnRuntime(Option<tokio::runtime::Runtime>);
+
+impl std::ops::Deref for OwnRuntime {
+    type Target = tokio::runtime::Runtime;
+
+    fn deref(&self) -> &tokio::runtime::Runtime {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl Drop for OwnRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl Engine {
@@ -149,6 +182,7 @@ impl Engine {
                 host: host.clone(),
                 reason: format!("starting the runtime: {e}"),
             })?;
+        let rt = OwnRuntime(Some(rt));
         let docker = {
             let _guard = rt.enter();
             Docker::connect_with_host(&host).map_err(|e| classify(&host, e))?
@@ -170,6 +204,7 @@ impl Engine {
 
     /// Inspects `name` (a name or an ID).
     pub fn inspect(&self, name: &str) -> Result<EngineImage, EngineError> {
+        check_name(name)?;
         let inspect = self
             .rt
             .block_on(self.docker.inspect_image(name))
@@ -260,7 +295,8 @@ impl Engine {
             self.inspect(name)?;
         }
         let (tx, rx) = mpsc::channel::<Result<Bytes, EngineError>>(CHANNEL_DEPTH);
-        let mut stream = Box::pin(self.docker.export_images(names));
+        let docker = self.docker.clone().with_timeout(STREAM_TIMEOUT);
+        let mut stream = Box::pin(docker.export_images(names));
         let host = self.host.clone();
         self.rt.spawn(async move {
             while let Some(item) = stream.next().await {
@@ -308,7 +344,8 @@ impl Engine {
         let options = ImportImageOptionsBuilder::default().quiet(true).build();
         let responses = self.rt.block_on(async {
             let mut lines = Vec::new();
-            let mut stream = Box::pin(self.docker.import_image_stream(options, body, None));
+            let docker = self.docker.clone().with_timeout(STREAM_TIMEOUT);
+            let mut stream = Box::pin(docker.import_image_stream(options, body, None));
             while let Some(item) = stream.next().await {
                 match item {
                     Ok(info) => {
@@ -368,6 +405,30 @@ impl Engine {
             other => classify(&self.host, other),
         }
     }
+}
+
+/// Refuses a name the Engine API would not see as typed: the client puts
+/// it into the request's path as it is, so `NAME/json?` would inspect
+/// NAME, and `..` would reach another endpoint. What is left (letters,
+/// digits, `._-/:@`) the engine judges itself, with its own message.
+fn check_name(name: &str) -> Result<(), EngineError> {
+    let bad = |reason: String| EngineError::BadName {
+        name: name.to_string(),
+        reason,
+    };
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "._-/:@".contains(*c)))
+    {
+        return Err(bad(format!("{c:?} is not allowed in one")));
+    }
+    if name
+        .split('/')
+        .any(|part| part.is_empty() || part == "." || part == "..")
+    {
+        return Err(bad("it has an empty, `.` or `..` path component".into()));
+    }
+    Ok(())
 }
 
 /// Maps a client error to what a user needs to know, keeping the engine's

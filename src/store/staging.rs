@@ -196,7 +196,12 @@ impl Staging {
     /// that lists the store reads every config, so one such image (a
     /// transfer peer that named a layer as its config, say) would make
     /// `images` fail for all of them.
-    fn check_config(&self, digest: &Digest) -> Result<()> {
+    /// The config parses as an image config and lists the manifest's
+    /// layers as its DiffIDs: this store keeps layers uncompressed, so a
+    /// layer's digest is its DiffID, and an image whose config describes
+    /// other layers is one no engine would load.
+    fn check_config(&self, manifest: &Manifest) -> Result<()> {
+        let digest = &manifest.config.digest;
         let corrupt = |reason: String| StoreError::Corrupt {
             what: format!("config {digest}"),
             reason,
@@ -208,7 +213,15 @@ impl Staging {
             Some(b) => std::fs::read(&b.temp).map_err(io_err(&b.temp))?,
             None => self.store.read_json_blob(digest)?,
         };
-        ImageConfig::parse(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        let config = ImageConfig::parse(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        let layers = manifest.layers.iter().map(|l| &l.digest);
+        if !layers.eq(&config.rootfs.diff_ids) {
+            return Err(corrupt(format!(
+                "its DiffIDs ({} of them) are not the manifest's {} layer(s)",
+                config.rootfs.diff_ids.len(),
+                manifest.layers.len()
+            )));
+        }
         Ok(())
     }
 
@@ -238,7 +251,7 @@ impl Staging {
                     Some(_) => {}
                 }
             }
-            self.check_config(&manifest.config.digest)?;
+            self.check_config(&manifest)?;
             manifests.push(manifest);
         }
 

@@ -615,7 +615,13 @@ impl ReceiverSession {
         if wanted.started {
             return Err(SessionError::Duplicate(digest.clone()));
         }
-        if offset != wanted.offset {
+        // A blob wanted without a size, from a partial file longer than the
+        // blob turns out to be: that file is no prefix of it, and the sender
+        // starts over (opening the partial file then empties it).
+        let restart = offset == 0
+            && wanted.size.is_none()
+            && announced.is_some_and(|size| size < wanted.offset);
+        if offset != wanted.offset && !restart {
             return Err(SessionError::WrongOffset {
                 digest: digest.clone(),
                 expected: wanted.offset,
@@ -650,6 +656,7 @@ impl ReceiverSession {
             });
         }
         wanted.size = Some(size);
+        wanted.offset = offset;
         wanted.started = true;
         Ok(size)
     }
@@ -1122,5 +1129,27 @@ mod tests {
             )
             .unwrap_err();
         assert!(matches!(err, SessionError::Deferred { .. }), "{err}");
+    }
+
+    /// A partial file longer than the deferred blob it is for is no prefix
+    /// of it: the sender may start over from 0, and only then.
+    #[test]
+    fn a_deferred_blob_restarts_when_the_partial_is_longer_than_it() {
+        let store = Fake {
+            have: vec![],
+            partial: vec![(d("top"), 500)],
+        };
+        let (mut s, _) = deferred_session(&store, &["top"], 1 << 20);
+        assert!(matches!(
+            s.start_blob(&d("top"), 0, Some(600)),
+            Err(SessionError::WrongOffset { expected: 500, .. })
+        ));
+        let (mut s, _) = deferred_session(&store, &["top"], 1 << 20);
+        assert!(matches!(
+            s.start_blob(&d("top"), 100, Some(400)),
+            Err(SessionError::WrongOffset { .. })
+        ));
+        let (mut s, _) = deferred_session(&store, &["top"], 1 << 20);
+        assert_eq!(s.start_blob(&d("top"), 0, Some(400)), Ok(400));
     }
 }
