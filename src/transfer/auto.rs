@@ -1,15 +1,17 @@
 //! `--compress auto`: whether zstd on the wire makes a blob arrive sooner.
 //!
-//! Compressing pays when the link, not the CPU, is what limits us: sending
-//! a raw byte costs `1/L` (L: link rate), a compressed one `1/C + r/L` (C:
-//! compressor speed, r: ratio), so zstd wins when `L < C * (1 - r)`. Both
-//! rates are measured as the transfer runs, from the chunks themselves, so
-//! the choice follows the data (already compressed layers stay raw) and the
-//! link. Until the first 16 MiB have gone (the flow-control windows take
-//! them without waiting, so the link cannot be seen yet), chunks go at
-//! zstd level 3, about as fast as a gigabit link. While chunks go raw, every 16th is compressed at level 1 on its
-//! own anyway (a probe), to keep the estimate of C and r current; while
-//! they are compressed, the chunks themselves keep it current.
+//! Each blob's chunks are read and compressed by a thread of their own
+//! while the stream writes the previous ones, so compressing and sending
+//! overlap: a compressed byte costs `max(1/C, r/L)` (C: the compressor's
+//! speed, its share of the cores counted; r: the ratio; L: the link's rate
+//! as this stream sees it) against `1/L` raw. zstd pays when the
+//! compressor outruns the link, with a margin for the CPU the rest of the
+//! transfer needs: `C >= 1.25 L`, and `r < 0.95`. Both rates are measured
+//! as the transfer runs, from the chunks themselves, so the choice follows
+//! the data (already compressed layers stay raw) and the link. While chunks
+//! go raw, every 16th is compressed at level 1 on its own anyway (a
+//! probe), to keep the estimate of C and r current; while they are
+//! compressed, the chunks themselves keep it current.
 //!
 //! When the link is much slower than the compressor, a higher zstd level
 //! buys a better ratio for CPU that would otherwise wait on the link: the
@@ -17,6 +19,7 @@
 //! at least twice as fast as the link.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// What to send a chunk as.
@@ -46,38 +49,48 @@ struct Stats {
     zstd_secs: f64,
     wire_bytes: f64,
     wire_secs: f64,
-    /// Bytes written in all, not faded.
-    wire_total: u64,
 }
 
 /// Shared by every blob stream of one transfer.
 #[derive(Debug)]
 pub struct Chooser {
     mode: Compress,
-    /// How many compressions can run at once (cores vs. streams).
-    parallel: f64,
+    cores: usize,
+    /// Blob streams encoding at the moment: they share the cores.
+    active: AtomicUsize,
     stats: Mutex<Stats>,
 }
 
 /// Older samples fade so that a change of link or data is followed.
 const DECAY: f64 = 0.97;
 
-/// Bytes written before the link's speed is believed: about what QUIC's
-/// flow-control windows take without waiting.
-const WARM_UP: u64 = 16 << 20;
-
 /// The levels used above 1, each with its speed as a fraction of level 1's
 /// (streaming, measured on a tar of /usr: 320, 240, 90 and 68 MB/s).
 const LEVELS: [(i32, f64); 3] = [(9, 1.0 / 4.7), (6, 1.0 / 3.5), (3, 1.0 / 1.3)];
 
 impl Chooser {
-    pub fn new(mode: Compress, streams: usize) -> Chooser {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    pub fn new(mode: Compress) -> Chooser {
         Chooser {
             mode,
-            parallel: (cores.min(streams.max(1)) as f64) / streams.max(1) as f64,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            active: AtomicUsize::new(0),
             stats: Mutex::new(Stats::default()),
         }
+    }
+
+    /// A blob stream starts encoding (see [`Chooser::stream_ended`]).
+    pub fn stream_started(&self) {
+        self.active.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn stream_ended(&self) {
+        self.active.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The share of a core each encoding stream has.
+    fn parallel(&self) -> f64 {
+        let active = self.active.load(Ordering::Relaxed).max(1);
+        self.cores.min(active) as f64 / active as f64
     }
 
     /// What to do with the next chunk: raw, or zstd at a level.
@@ -86,17 +99,13 @@ impl Chooser {
             Compress::None => Choice::Raw,
             Compress::Zstd => Choice::Zstd(3),
             Compress::Auto => {
+                let parallel = self.parallel();
                 let mut s = self.stats.lock().expect("not poisoned");
                 s.chunks += 1;
                 if s.zstd_secs == 0.0 || s.wire_secs == 0.0 {
                     Choice::Probe
-                } else if s.wire_total < WARM_UP {
-                    // Writes return at once while the windows fill, which
-                    // looks like a fast link: compress, cheaply, until the
-                    // link can be seen.
-                    Choice::Zstd(3)
-                } else if Self::zstd_wins(&s, self.parallel) {
-                    Choice::Zstd(Self::level(&s, self.parallel))
+                } else if Self::zstd_wins(&s, parallel) {
+                    Choice::Zstd(Self::level(&s, parallel))
                 } else if s.chunks.is_multiple_of(16) {
                     Choice::Probe
                 } else {
@@ -128,7 +137,7 @@ impl Chooser {
         let compress_rate = s.raw_in / s.zstd_secs * parallel;
         let ratio = s.zstd_out / s.raw_in;
         let link_rate = s.wire_bytes / s.wire_secs;
-        ratio < 0.95 && link_rate < compress_rate * (1.0 - ratio)
+        ratio < 0.95 && compress_rate >= 1.25 * link_rate
     }
 
     /// One chunk of `raw` bytes compressed at `level` to `out` in `took`.
@@ -147,7 +156,6 @@ impl Chooser {
         let mut s = self.stats.lock().expect("not poisoned");
         s.wire_bytes = s.wire_bytes * DECAY + bytes as f64;
         s.wire_secs = s.wire_secs * DECAY + took.as_secs_f64().max(1e-6);
-        s.wire_total += bytes as u64;
     }
 }
 
@@ -156,7 +164,7 @@ mod tests {
     use super::*;
 
     fn steady(link_mb_s: f64, compress_mb_s: f64, ratio: f64) -> Vec<Choice> {
-        let c = Chooser::new(Compress::Auto, 1);
+        let c = Chooser::new(Compress::Auto);
         let mb: usize = 1 << 20;
         (0..60)
             .map(|_| {
@@ -179,17 +187,19 @@ mod tests {
 
     #[test]
     fn compresses_on_a_slow_link_and_not_on_a_fast_one() {
-        // The first chunk probes; until 16 MiB have gone, level 3.
+        // The first chunk probes; then, loopback at 2 GB/s: raw, except
+        // the periodic probe.
         let fast = steady(2000.0, 400.0, 0.5);
         assert_eq!(fast[0], Choice::Probe);
-        assert!(fast[1..16].iter().all(|k| *k == Choice::Zstd(3)));
-        // Then, loopback at 2 GB/s: raw, except the periodic probe.
-        assert!(raw_share(&fast[20..]) >= 36);
+        assert!(raw_share(&fast) >= 55);
+        // A gigabit link and a compressor twice as fast: level 1 pays,
+        // since compressing overlaps sending.
+        assert_eq!(steady(120.0, 270.0, 0.45)[30], Choice::Zstd(1));
         // 100 Mbit/s, a 400 MB/s compressor, 2:1 data: compress.
         assert_eq!(raw_share(&steady(12.0, 400.0, 0.5)), 0);
         // Incompressible data on a slow link: raw.
         assert!(raw_share(&steady(12.0, 400.0, 0.99)[20..]) >= 36);
-        let none = Chooser::new(Compress::None, 1);
+        let none = Chooser::new(Compress::None);
         assert_eq!(none.choose(), Choice::Raw);
         // Far slower link than compressor: a high level; closer: level 1.
         assert_eq!(steady(12.0, 400.0, 0.5)[30], Choice::Zstd(9));

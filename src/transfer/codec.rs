@@ -141,6 +141,7 @@ pub struct ChunkEncoder<'c> {
 
 impl Drop for ChunkEncoder<'_> {
     fn drop(&mut self) {
+        self.chooser.stream_ended();
         tracing::debug!(
             raw = self.tally[0],
             probes = self.tally[1],
@@ -153,9 +154,11 @@ impl Drop for ChunkEncoder<'_> {
 
 impl<'c> ChunkEncoder<'c> {
     pub fn new(chooser: &'c Chooser) -> io::Result<ChunkEncoder<'c>> {
+        let single = zstd::bulk::Compressor::new(1)?;
+        chooser.stream_started();
         Ok(ChunkEncoder {
             chooser,
-            single: zstd::bulk::Compressor::new(1)?,
+            single,
             stream: None,
             tally: [0; 3],
             levels: Vec::new(),
@@ -332,7 +335,7 @@ mod tests {
     #[test]
     fn a_stream_round_trips_across_chunks_and_level_changes() {
         let chunks = sample(40);
-        let chooser = Chooser::new(Compress::Zstd, 1);
+        let chooser = Chooser::new(Compress::Zstd);
         let mut encoder = ChunkEncoder::new(&chooser).unwrap();
         let mut frames = Vec::new();
         for (i, c) in chunks.iter().enumerate() {
@@ -378,7 +381,7 @@ mod tests {
     #[test]
     fn stream_pieces_continue_across_raw_chunks_and_probes() {
         let chunks = sample(48);
-        let chooser = Chooser::new(Compress::Auto, 1);
+        let chooser = Chooser::new(Compress::Auto);
         let mut encoder = ChunkEncoder::new(&chooser).unwrap();
         let mut frames = Vec::new();
         for (i, c) in chunks.iter().enumerate() {
@@ -408,7 +411,7 @@ mod tests {
     #[test]
     fn hostile_stream_pieces_are_errors() {
         let chunks = sample(2);
-        let chooser = Chooser::new(Compress::Zstd, 1);
+        let chooser = Chooser::new(Compress::Zstd);
         let mut encoder = ChunkEncoder::new(&chooser).unwrap();
         let good = encoder.encode(frame(&chunks[0])).unwrap();
         let second = encoder.encode(frame(&chunks[1])).unwrap();

@@ -195,10 +195,7 @@ pub async fn send(
     }
 
     let streams = opts.streams.clamp(1, 16);
-    let chooser = Arc::new(Chooser::new(
-        opts.compress,
-        streams.min(wanted.len().max(1)),
-    ));
+    let chooser = Arc::new(Chooser::new(opts.compress));
     let limit = RateLimit::new(opts.bwlimit);
     let mut queue = wanted.into_iter();
     let mut tasks = JoinSet::new();
