@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(skopeo umoci openssh-server openssh-client pv zstd bzip2 xz-utils curl iproute2 procps tar gzip time bc jq)
+packages=(skopeo umoci openssh-server openssh-client pv zstd bzip2 xz-utils curl iproute2 procps tar gzip time bc jq bsdutils)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

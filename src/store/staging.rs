@@ -192,14 +192,13 @@ impl Staging {
         Ok(Descriptor::new(MEDIA_OCI_MANIFEST, digest, size))
     }
 
-    /// Refuses to tag an image whose config does not parse: every command
-    /// that lists the store reads every config, so one such image (a
+    /// Refuses to tag an image unless its config parses as an image config
+    /// and lists the manifest's layers as its DiffIDs. Every command that
+    /// lists the store reads every config, so one that does not parse (a
     /// transfer peer that named a layer as its config, say) would make
-    /// `images` fail for all of them.
-    /// The config parses as an image config and lists the manifest's
-    /// layers as its DiffIDs: this store keeps layers uncompressed, so a
-    /// layer's digest is its DiffID, and an image whose config describes
-    /// other layers is one no engine would load.
+    /// `images` fail for all of them; and this store keeps layers
+    /// uncompressed, so a layer's digest is its DiffID: an image whose
+    /// config describes other layers is one no engine would load.
     fn check_config(&self, manifest: &Manifest) -> Result<()> {
         let digest = &manifest.config.digest;
         let corrupt = |reason: String| StoreError::Corrupt {

@@ -36,6 +36,11 @@ fn zstd_error(code: usize) -> io::Error {
     io::Error::other(format!("zstd: {}", zstd::zstd_safe::get_error_name(code)))
 }
 
+/// A zstd error in what the peer sent.
+fn wire_error(code: usize) -> WireError {
+    WireError::Zstd(zstd::zstd_safe::get_error_name(code).into())
+}
+
 /// The zstd frame running across a blob stream, sender side.
 struct Stream {
     cctx: CCtx<'static>,
@@ -75,17 +80,10 @@ impl Stream {
         })
     }
 
-    /// Makes room in `out` for at least `n` more bytes.
-    fn reserve(out: &mut Vec<u8>, n: usize) {
-        if out.capacity() - out.len() < n {
-            out.reserve(n);
-        }
-    }
-
     /// Ends the current frame into `out` and starts the next at `level`.
     fn restart(&mut self, level: i32, out: &mut Vec<u8>) -> io::Result<()> {
         loop {
-            Self::reserve(out, 64);
+            out.reserve(64);
             let pos = out.len();
             let left = self
                 .cctx
@@ -107,9 +105,9 @@ impl Stream {
     /// Appends `data`, compressed and flushed, to `out`.
     fn push(&mut self, data: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
         let mut input = InBuffer::around(data);
-        Self::reserve(out, zstd::zstd_safe::compress_bound(data.len()) + 64);
+        out.reserve(zstd::zstd_safe::compress_bound(data.len()) + 64);
         loop {
-            Self::reserve(out, 1024);
+            out.reserve(1024);
             let pos = out.len();
             let left = self
                 .cctx
@@ -267,7 +265,7 @@ impl ChunkDecoder {
                     WireError::Zstd("cannot allocate a decompression context".into())
                 })?;
                 d.set_parameter(DParameter::WindowLogMax(STREAM_WINDOW_LOG))
-                    .map_err(|c| WireError::Zstd(zstd::zstd_safe::get_error_name(c).into()))?;
+                    .map_err(wire_error)?;
                 self.dctx.insert(d)
             }
         };
@@ -279,7 +277,7 @@ impl ChunkDecoder {
         loop {
             let before = (input.pos(), output.pos());
             dctx.decompress_stream(&mut output, &mut input)
-                .map_err(|c| WireError::Zstd(zstd::zstd_safe::get_error_name(c).into()))?;
+                .map_err(wire_error)?;
             if output.pos() > announced {
                 return Err(WireError::ChunkLength { announced });
             }
