@@ -136,15 +136,21 @@ async fn send_blob(
         offset: 0,
         size: None,
     };
-    stream.write_all(&header.encode()).await.unwrap();
+    // The receiver may stop the stream or close the connection as soon as
+    // it has seen enough to refuse; what it says then is the test, so a
+    // refused write ends the sending here.
+    let mut refused = stream.write_all(&header.encode()).await.is_err();
     for chunk in chunks {
-        stream
+        if refused {
+            break;
+        }
+        refused = stream
             .write_all(&encode_chunk(ChunkKind::Raw, chunk))
             .await
-            .unwrap();
+            .is_err();
     }
-    if finish {
-        stream.finish().unwrap();
+    if finish && !refused {
+        let _ = stream.finish();
     }
     stream
 }
@@ -317,12 +323,15 @@ async fn send_sized_blob(conn: &quinn::Connection, digest: &Digest, bytes: &[u8]
         offset: 0,
         size: Some(size),
     };
-    stream.write_all(&header.encode()).await.unwrap();
-    stream
-        .write_all(&encode_chunk(ChunkKind::Raw, bytes))
-        .await
-        .unwrap();
-    stream.finish().unwrap();
+    // As in send_blob: a receiver that refuses may stop the stream at once.
+    if stream.write_all(&header.encode()).await.is_ok()
+        && stream
+            .write_all(&encode_chunk(ChunkKind::Raw, bytes))
+            .await
+            .is_ok()
+    {
+        let _ = stream.finish();
+    }
 }
 
 fn manifest_text(config: (&Digest, u64), layers: &[(&Digest, u64)]) -> String {
