@@ -15,8 +15,8 @@
 //!
 //! When the link is much slower than the compressor, a higher zstd level
 //! buys a better ratio for CPU that would otherwise wait on the link: the
-//! level is the highest whose (typical) speed still leaves the compressor
-//! at least twice as fast as the link.
+//! level is the highest whose (typical) speed still has the compressor's
+//! output outrun the link by a quarter.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -70,9 +70,27 @@ const LEVELS: [(i32, f64); 3] = [(9, 1.0 / 4.7), (6, 1.0 / 3.5), (3, 1.0 / 1.3)]
 
 impl Chooser {
     pub fn new(mode: Compress) -> Chooser {
+        Self::with_cores(
+            mode,
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+        )
+    }
+
+    /// For a transfer to `peer`: a receiver on this very machine (a
+    /// loopback address) needs a core of its own to take what is sent, so
+    /// the compressor counts one fewer. Counting them all had a loopback
+    /// push on two cores compress most chunks, slowing the receiver more
+    /// than it saved.
+    pub fn for_peer(mode: Compress, peer: std::net::SocketAddr) -> Chooser {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let shared = if peer.ip().is_loopback() { 1 } else { 0 };
+        Self::with_cores(mode, cores.saturating_sub(shared).max(1))
+    }
+
+    fn with_cores(mode: Compress, cores: usize) -> Chooser {
         Chooser {
             mode,
-            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cores,
             active: AtomicUsize::new(0),
             stats: Mutex::new(Stats::default()),
         }
@@ -93,8 +111,9 @@ impl Chooser {
         self.cores.min(active) as f64 / active as f64
     }
 
-    /// What to do with the next chunk: raw, or zstd at a level.
-    pub fn choose(&self) -> Choice {
+    /// What to do with the next chunk of a stream whose zstd frame runs at
+    /// `current` (if any): raw, or zstd at a level.
+    pub fn choose(&self, current: Option<i32>) -> Choice {
         match self.mode {
             Compress::None => Choice::Raw,
             Compress::Zstd => Choice::Zstd(3),
@@ -105,7 +124,7 @@ impl Chooser {
                 if s.zstd_secs == 0.0 || s.wire_secs == 0.0 {
                     Choice::Probe
                 } else if Self::zstd_wins(&s, parallel) {
-                    Choice::Zstd(Self::level(&s, parallel))
+                    Choice::Zstd(Self::level(&s, parallel, current))
                 } else if s.chunks.is_multiple_of(16) {
                     Choice::Probe
                 } else {
@@ -115,13 +134,23 @@ impl Chooser {
         }
     }
 
-    /// The highest level whose speed, relative to level 1's, keeps the
-    /// compressor at least twice as fast as the link.
-    fn level(s: &Stats, parallel: f64) -> i32 {
-        let headroom = s.raw_in / s.zstd_secs * parallel / (s.wire_bytes / s.wire_secs);
+    /// The highest level whose output still outruns the link: its
+    /// compressed bytes per second (its speed relative to level 1's, times
+    /// the ratio) at least what the link carries. A level any slower keeps
+    /// the link waiting on the compressor. Rising above the stream's
+    /// `current` level takes a margin of a quarter, so that an estimate
+    /// near a boundary does not swing the level (each change restarts the
+    /// stream's zstd frame, without its history).
+    fn level(s: &Stats, parallel: f64, current: Option<i32>) -> i32 {
+        let output = s.raw_in / s.zstd_secs * parallel * (s.zstd_out / s.raw_in);
+        let link = s.wire_bytes / s.wire_secs;
+        let margin = |level: i32| match current {
+            Some(c) if level <= c => 1.0,
+            _ => 1.25,
+        };
         LEVELS
             .into_iter()
-            .find(|(_, speed)| headroom * speed >= 2.0)
+            .find(|(level, speed)| output * speed >= margin(*level) * link)
             .map_or(1, |(level, _)| level)
     }
 
@@ -151,13 +180,39 @@ impl Chooser {
         s.zstd_secs = s.zstd_secs * DECAY + secs;
     }
 
-    /// `bytes` went onto the wire in `took`.
-    pub fn record_wire(&self, bytes: usize, took: Duration) {
+    /// A frame of `bytes` was written in `wrote`, `since` after the
+    /// stream's previous frame was.
+    ///
+    /// A write that waited ([`BLOCKED`] or longer) found the send buffer
+    /// full and measures the link: `bytes` in `wrote`. One that did not
+    /// says only that the link took the frames as fast as this end made
+    /// them, `bytes` per `since`: a lower bound, counted when it raises the
+    /// estimate, never to lower it. While the stream is `early` (its first
+    /// frames), a wait measures the connection's windows opening, not the
+    /// link, and is not counted either: counted, it had a loopback push
+    /// compress its first hundreds of MiB for a link taken to carry 12
+    /// MB/s. Counting every write as a measure had a
+    /// compressor slower than the link make the link look as fast as a
+    /// write into a buffer with room, and the level swing between 9 and 3,
+    /// each swing restarting the stream's zstd frame.
+    pub fn record_wire(&self, bytes: usize, wrote: Duration, since: Duration, early: bool) {
         let mut s = self.stats.lock().expect("not poisoned");
-        s.wire_bytes = s.wire_bytes * DECAY + bytes as f64;
-        s.wire_secs = s.wire_secs * DECAY + took.as_secs_f64().max(1e-6);
+        let (secs, blocked) = if wrote >= BLOCKED && !early {
+            (wrote.as_secs_f64(), true)
+        } else {
+            (since.as_secs_f64().max(1e-6), false)
+        };
+        let known = s.wire_secs > 0.0;
+        if blocked || !known || bytes as f64 / secs > s.wire_bytes / s.wire_secs {
+            s.wire_bytes = s.wire_bytes * DECAY + bytes as f64;
+            s.wire_secs = s.wire_secs * DECAY + secs;
+        }
     }
 }
+
+/// A frame's write that took this long waited for the link: a write into a
+/// send buffer with room takes microseconds.
+const BLOCKED: Duration = Duration::from_micros(200);
 
 #[cfg(test)]
 mod tests {
@@ -168,14 +223,15 @@ mod tests {
         let mb: usize = 1 << 20;
         (0..60)
             .map(|_| {
-                let kind = c.choose();
+                let kind = c.choose(None);
                 c.record_zstd(
                     1,
                     mb,
                     (mb as f64 * ratio) as usize,
                     Duration::from_secs_f64(1.0 / compress_mb_s),
                 );
-                c.record_wire(mb, Duration::from_secs_f64(1.0 / link_mb_s));
+                let t = Duration::from_secs_f64(1.0 / link_mb_s);
+                c.record_wire(mb, t, t, false);
                 kind
             })
             .collect()
@@ -200,10 +256,66 @@ mod tests {
         // Incompressible data on a slow link: raw.
         assert!(raw_share(&steady(12.0, 400.0, 0.99)[20..]) >= 36);
         let none = Chooser::new(Compress::None);
-        assert_eq!(none.choose(), Choice::Raw);
+        assert_eq!(none.choose(None), Choice::Raw);
         // Far slower link than compressor: a high level; closer: level 1.
         assert_eq!(steady(12.0, 400.0, 0.5)[30], Choice::Zstd(9));
         assert_eq!(steady(100.0, 400.0, 0.5)[30], Choice::Zstd(3));
         assert_eq!(steady(180.0, 400.0, 0.5)[30], Choice::Zstd(1));
+    }
+
+    fn link(c: &Chooser) -> f64 {
+        let s = c.stats.lock().unwrap();
+        s.wire_bytes / s.wire_secs / 1e6
+    }
+
+    #[test]
+    fn a_compressor_slower_than_the_link_does_not_change_its_estimate() {
+        let c = Chooser::new(Compress::Auto);
+        let frame = 400_000;
+        let at = |rate: f64| Duration::from_secs_f64(frame as f64 / rate);
+        for _ in 0..50 {
+            c.record_wire(frame, at(12e6), at(12e6), false);
+        }
+        assert!((link(&c) - 12.0).abs() < 0.1, "{}", link(&c));
+        // Frames come slower than the link takes them: their writes do not
+        // wait, and say nothing about the link.
+        let instant = Duration::from_micros(20);
+        for _ in 0..50 {
+            c.record_wire(frame, instant, at(5e6), false);
+        }
+        assert!((link(&c) - 12.0).abs() < 0.1, "{}", link(&c));
+        // Frames that go out faster than the estimate, even unblocked,
+        // show the link is at least that fast.
+        for _ in 0..200 {
+            c.record_wire(frame, instant, at(100e6), false);
+        }
+        assert!(link(&c) > 90.0, "{}", link(&c));
+    }
+
+    #[test]
+    fn a_level_near_its_boundary_is_kept() {
+        let c = Chooser::new(Compress::Auto);
+        let mb: usize = 1 << 20;
+        // Level 1 at 235 MB/s, ratio 0.32: level 9 puts out 16 MB/s, 1.1
+        // times a 14.5 MB/s link; level 6, 21.5 MB/s.
+        for _ in 0..100 {
+            c.record_zstd(1, mb, mb * 32 / 100, Duration::from_secs_f64(1.0 / 235.0));
+            let t = Duration::from_secs_f64(1.0 / 14.5);
+            c.record_wire(mb, t, t, false);
+        }
+        assert_eq!(c.choose(None), Choice::Zstd(6), "rising needs a margin");
+        assert_eq!(c.choose(Some(6)), Choice::Zstd(6));
+        assert_eq!(c.choose(Some(9)), Choice::Zstd(9), "staying does not");
+    }
+
+    #[test]
+    fn a_receiver_on_this_machine_keeps_a_core() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let near = Chooser::for_peer(Compress::Auto, "127.0.0.1:7423".parse().unwrap());
+        let far = Chooser::for_peer(Compress::Auto, "192.0.2.1:7423".parse().unwrap());
+        assert_eq!(near.cores, cores.saturating_sub(1).max(1));
+        assert_eq!(far.cores, cores);
+        let v6 = Chooser::for_peer(Compress::Auto, "[::1]:7423".parse().unwrap());
+        assert_eq!(v6.cores, near.cores);
     }
 }

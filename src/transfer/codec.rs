@@ -167,7 +167,7 @@ impl<'c> ChunkEncoder<'c> {
     /// frame to send for it.
     pub fn encode(&mut self, raw: Vec<u8>) -> io::Result<Vec<u8>> {
         let data = &raw[5..];
-        match self.chooser.choose() {
+        match self.chooser.choose(self.stream.as_ref().map(|s| s.level)) {
             Choice::Raw => {
                 self.tally[0] += 1;
                 return Ok(raw);
@@ -386,7 +386,8 @@ mod tests {
             // A slow link, then a fast one, then a slow one again.
             let secs = if (16..32).contains(&i) { 1e-4 } else { 1.0 };
             for _ in 0..50 {
-                chooser.record_wire(CHUNK, std::time::Duration::from_secs_f64(secs));
+                let t = std::time::Duration::from_secs_f64(secs);
+                chooser.record_wire(CHUNK, t, t, false);
             }
             frames.push(encoder.encode(frame(c)).unwrap());
         }

@@ -195,7 +195,7 @@ pub async fn send(
     }
 
     let streams = opts.streams.clamp(1, 16);
-    let chooser = Arc::new(Chooser::new(opts.compress));
+    let chooser = Arc::new(Chooser::for_peer(opts.compress, conn.remote_address()));
     let limit = RateLimit::new(opts.bwlimit);
     let mut queue = wanted.into_iter();
     let mut tasks = JoinSet::new();
@@ -392,6 +392,10 @@ fn read_frames(
 
 /// Sends one blob from the offset the receiver asked for; returns the raw
 /// and wire byte counts.
+/// A blob stream's first frames, whose writes wait on the connection's
+/// windows opening rather than on the link (see [`Chooser::record_wire`]).
+pub(super) const EARLY_FRAMES: u32 = 8;
+
 async fn send_blob(job: BlobJob) -> Result<(u64, u64), TransferError> {
     let digest = job.want.digest.clone();
     send_blob_inner(job).await.map_err(|e| TransferError::Blob {
@@ -450,6 +454,7 @@ async fn send_blob_inner(job: BlobJob) -> Result<(u64, u64), TransferError> {
         move || read_frames(file, remaining, &chooser, tx)
     });
     let (mut raw, mut wire) = (0u64, 0u64);
+    let (mut last, mut frames) = (Instant::now(), 0);
     while let Some((n, frame)) = rx.recv().await {
         let len = frame.len();
         let t = Instant::now();
@@ -458,7 +463,9 @@ async fn send_blob_inner(job: BlobJob) -> Result<(u64, u64), TransferError> {
             limit.pace(len).await;
         }
         // The link as this stream sees it: --bwlimit is part of it.
-        chooser.record_wire(len, t.elapsed());
+        chooser.record_wire(len, t.elapsed(), last.elapsed(), frames < EARLY_FRAMES);
+        frames += 1;
+        last = Instant::now();
         events.progress(&want.digest, n as u64);
         raw += n as u64;
         wire += len as u64;

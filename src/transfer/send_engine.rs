@@ -156,19 +156,21 @@ pub async fn send_engine(
     });
 
     let total: u64 = images.iter().map(|i| i.size).sum();
-    let chooser = Chooser::new(opts.compress);
+    let chooser = Chooser::for_peer(opts.compress, conn.remote_address());
     let limit = RateLimit::new(opts.bwlimit);
     let zstd_error = |source| TransferError::Io {
         what: "zstd".into(),
         source,
     };
     // The blob being sent: its stream, digest, raw and wire bytes so far,
-    // and its encoder (a blob stream's zstd stream is its own).
-    let mut stream: Option<(quinn::SendStream, Digest, u64, u64, ChunkEncoder)> = None;
+    // its encoder (a blob stream's zstd stream is its own), frames sent.
+    let mut stream: Option<(quinn::SendStream, Digest, u64, u64, ChunkEncoder, u32)> = None;
     // Once a second, whether the export moves or not (Docker 20.10 writes
     // a whole image to a temporary directory before the first byte): the
     // receiver shows it, and its stall timer starts again.
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // When the last frame went out: the link is measured per frame.
+    let mut last = Instant::now();
     let found = loop {
         tokio::select! {
             item = feed.recv() => match item {
@@ -185,10 +187,10 @@ pub async fn send_engine(
                     s.write_all(&header.encode()).await.map_err(|e| write_error(peer, e))?;
                     events.started(&digest, size, offset);
                     let encoder = ChunkEncoder::new(&chooser).map_err(zstd_error)?;
-                    stream = Some((s, digest, 0, 0, encoder));
+                    stream = Some((s, digest, 0, 0, encoder, 0));
                 }
                 Some(Feed::Chunk(bytes)) => {
-                    let Some((s, digest, raw, wire, encoder)) = stream.as_mut() else {
+                    let Some((s, digest, raw, wire, encoder, frames)) = stream.as_mut() else {
                         continue;
                     };
                     let frame = tokio::task::block_in_place(|| {
@@ -200,13 +202,16 @@ pub async fn send_engine(
                     if let Some(limit) = &limit {
                         limit.pace(frame.len()).await;
                     }
-                    chooser.record_wire(frame.len(), t.elapsed());
+                    let early = *frames < super::send::EARLY_FRAMES;
+                    chooser.record_wire(frame.len(), t.elapsed(), last.elapsed(), early);
+                    *frames += 1;
+                    last = Instant::now();
                     events.progress(digest, bytes.len() as u64);
                     *raw += bytes.len() as u64;
                     *wire += frame.len() as u64;
                 }
                 Some(Feed::End) => {
-                    if let Some((mut s, digest, raw, wire, _)) = stream.take() {
+                    if let Some((mut s, digest, raw, wire, _, _)) = stream.take() {
                         s.finish().map_err(|e| TransferError::Stream {
                             what: peer.to_string(),
                             reason: e.to_string(),
