@@ -41,7 +41,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<()> {
     }
 
     if !deleted_layers.is_empty() {
-        match store.collect_garbage(false)? {
+        match store.collect_garbage(false, false)? {
             Some(_) => {
                 deleted_layers.sort();
                 deleted_layers.dedup();

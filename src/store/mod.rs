@@ -345,9 +345,11 @@ impl Store {
     }
 
     /// Removes blobs nothing reaches, and leftovers of interrupted writes.
-    /// Returns `None` when a writer is active (nothing is removed then),
-    /// unless `wait` is set, in which case it waits for the writers.
-    pub fn collect_garbage(&self, wait: bool) -> Result<Option<GcReport>> {
+    /// Partly received blobs are kept for a resumed transfer while younger
+    /// than [`PARTIAL_KEEP`], unless `partial` is set. Returns `None` when
+    /// a writer is active (nothing is removed then), unless `wait` is set,
+    /// in which case it waits for the writers.
+    pub fn collect_garbage(&self, wait: bool, partial: bool) -> Result<Option<GcReport>> {
         let Some(_gc) = self.lock_gc_exclusive(wait)? else {
             return Ok(None);
         };
@@ -372,10 +374,21 @@ impl Store {
             report.bytes += len;
         }
 
+        let now = std::time::SystemTime::now();
         for dir in [self.tmp_dir(), self.partial_dir()] {
             for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
                 let entry = entry.map_err(io_err(&dir))?;
-                let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                let meta = entry.metadata().ok();
+                let len = meta.as_ref().map_or(0, |m| m.len());
+                let age = meta
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|t| now.duration_since(t).ok())
+                    .unwrap_or_default();
+                if dir == self.partial_dir() && !partial && age < PARTIAL_KEEP {
+                    report.partial_kept += 1;
+                    report.partial_bytes += len;
+                    continue;
+                }
                 let path = entry.path();
                 fs::remove_file(&path).map_err(io_err(&path))?;
                 report.leftovers += 1;
@@ -539,7 +552,15 @@ pub struct GcReport {
     pub blobs: u64,
     pub leftovers: u64,
     pub bytes: u64,
+    /// Partly received blobs kept for a resumed transfer, and their bytes.
+    pub partial_kept: u64,
+    pub partial_bytes: u64,
 }
+
+/// How long a partly received blob is kept for the transfer to resume,
+/// counted from its last write: a push cut off today resumes tomorrow,
+/// and one given up for good stops holding disk space.
+pub const PARTIAL_KEEP: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// One thing `check` found wrong.
 #[derive(Debug, Clone)]

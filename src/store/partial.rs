@@ -292,4 +292,34 @@ mod tests {
         assert_eq!(store.partial_len(&digest, 5), 0);
         assert!(!store.has_blob(&digest));
     }
+
+    /// A partly received blob outlives garbage collection (an `rmi`, a
+    /// `prune`) for a day, so the transfer can still resume; then it goes,
+    /// and `prune --partial` removes it at once.
+    #[test]
+    fn garbage_collection_keeps_a_recent_partial_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s")).unwrap();
+        let (fresh, old) = (Digest::of(b"fresh"), Digest::of(b"old"));
+        for d in [&fresh, &old] {
+            let mut p = store.open_partial(d, 100).unwrap();
+            p.write(b"some").unwrap();
+        }
+        let aged = std::time::SystemTime::now() - super::super::PARTIAL_KEEP * 2;
+        File::options()
+            .write(true)
+            .open(store.partial_dir().join(old.hex()))
+            .unwrap()
+            .set_modified(aged)
+            .unwrap();
+
+        let report = store.collect_garbage(false, false).unwrap().unwrap();
+        assert_eq!((report.partial_kept, report.leftovers), (1, 1));
+        assert_eq!(store.partial_len(&fresh, 100), 4);
+        assert_eq!(store.partial_len(&old, 100), 0);
+
+        let report = store.collect_garbage(false, true).unwrap().unwrap();
+        assert_eq!((report.partial_kept, report.leftovers), (0, 1));
+        assert_eq!(store.partial_len(&fresh, 100), 0);
+    }
 }
