@@ -25,6 +25,15 @@ for arg in "$@"; do
     *) echo "unknown argument $arg" >&2; exit 2 ;;
     esac
 done
+missing=""
+for tool in /usr/sbin/sshd ssh ssh-keygen zstd bzip2 jq /usr/bin/time ip tc; do
+    command -v "$tool" >/dev/null || missing="$missing $tool"
+done
+if [ -n "$missing" ]; then
+    echo "bench-transfer.sh needs:$missing (scripts/setup.sh installs them)" >&2
+    exit 2
+fi
+[ "$(id -u)" = 0 ] || { echo "bench-transfer.sh needs root (network namespaces, sshd)" >&2; exit 2; }
 cargo build --release --quiet --bin rimg --example seed_store
 RIMG=$PWD/target/release/rimg
 SEED=$PWD/target/release/examples/seed_store
