@@ -245,6 +245,52 @@ fn a_stalled_stream_is_dropped_and_its_bytes_kept_for_a_resume() {
     assert_eq!(partial_files(&receiver), vec![700]);
 }
 
+/// Export progress that does not grow keeps nothing alive: a sender that
+/// repeats it, and sends no blob, is dropped at the stall timeout, and
+/// one whose export runs past its size hint is refused.
+#[test]
+fn repeated_export_progress_does_not_hold_a_slot() {
+    let (sender, receiver, listener) = setup(&["--stall-timeout", "2"]);
+    let before = receiver.snapshot();
+    let (id, diff) = (Digest::of(b"{}"), Digest::of(b"layer"));
+    rt().block_on(async {
+        let mut h = connect(&sender, &listener.addr).await;
+        h.offer_deferred(&id, std::slice::from_ref(&diff)).await;
+        assert!(matches!(h.hear().await, Message::Want { .. }));
+        let started = std::time::Instant::now();
+        let progress = Message::Progress {
+            stage: "export".into(),
+            bytes: 10,
+        };
+        let closed = async {
+            while write_message(&mut h.send, &progress, "listener")
+                .await
+                .is_ok()
+            {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(20), closed).await;
+        let reason = h.closed_reason().await;
+        assert!(reason.contains("nothing received for 2 s"), "{reason}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+
+        // Progress far beyond the size offered (100 bytes).
+        let mut h = connect(&sender, &listener.addr).await;
+        h.offer_deferred(&id, std::slice::from_ref(&diff)).await;
+        assert!(matches!(h.hear().await, Message::Want { .. }));
+        h.say(&Message::Progress {
+            stage: "export".into(),
+            bytes: 1 << 40,
+        })
+        .await;
+        let reason = h.closed_reason().await;
+        assert!(reason.contains("past twice the size offered"), "{reason}");
+    });
+    assert_eq!(receiver.snapshot(), before);
+    receiver.assert_consistent();
+}
+
 #[test]
 fn offers_beyond_the_limits_are_refused_before_any_byte() {
     let (sender, receiver, listener) = setup(&["--max-blob-size", "1000000"]);

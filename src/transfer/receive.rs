@@ -228,6 +228,14 @@ async fn serve_inner(
     let mut tasks = JoinSet::new();
     let mut remaining = plan.want.len() + plan.deferred.len();
     let mut control_open = true;
+    // Silence between blob streams ends the transfer at this deadline.
+    // Export progress moves it only as the export grows by a step and
+    // stays within reach of its size hint: repeated, it would otherwise let
+    // a sender hold one of the listener's slots for ever.
+    let stall = opts.stall;
+    let mut deadline = tokio::time::Instant::now() + stall;
+    let mut export_counted = 0u64;
+    let export_cap = export_total.saturating_mul(2).saturating_add(1 << 30);
     let awaiting = |shared: &Shared| {
         shared
             .session
@@ -241,6 +249,7 @@ async fn serve_inner(
                 let stream = stream.map_err(|e| TransferError::connection(peer, e))?;
                 remaining -= 1;
                 tasks.spawn(receive_blob(stream, shared.clone()));
+                deadline = tokio::time::Instant::now() + stall;
             }
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
                 let digest = joined.map_err(|e| TransferError::Stream {
@@ -248,6 +257,7 @@ async fn serve_inner(
                     reason: e.to_string(),
                 })??;
                 commit.received.blobs_stored += 1;
+                deadline = tokio::time::Instant::now() + stall;
                 write_message(&mut ctl_send, &Message::Stored { digest: digest.clone() }, peer).await?;
                 let ready = shared.session.lock().expect("not poisoned").blob_stored(&digest);
                 commit.ready(ready, &mut ctl_send).await?;
@@ -262,9 +272,22 @@ async fn serve_inner(
                 None => control_open = false,
                 Some(Err(e)) => return Err(e),
                 Some(Ok(Message::Progress { stage, bytes })) if version >= 2 && stage == "export" => {
+                    if bytes > export_cap {
+                        return Err(TransferError::Remote {
+                            peer: peer.to_string(),
+                            message: format!(
+                                "export progress {bytes} is past twice the size offered ({export_total})"
+                            ),
+                        });
+                    }
+                    if bytes >= export_counted.saturating_add(EXPORT_STEP) {
+                        export_counted = bytes;
+                        deadline = tokio::time::Instant::now() + stall;
+                    }
                     events.stage("export", bytes, Some(export_total));
                 }
                 Some(Ok(msg @ Message::Manifests { .. })) => {
+                    deadline = tokio::time::Instant::now() + stall;
                     let ready = tokio::task::block_in_place(|| {
                         shared.session.lock().expect("not poisoned").on_manifests(&msg, &store)
                     })?;
@@ -282,7 +305,7 @@ async fn serve_inner(
                     .into());
                 }
             },
-            _ = tokio::time::sleep(opts.stall), if tasks.is_empty() => {
+            _ = tokio::time::sleep_until(deadline), if tasks.is_empty() => {
                 return Err(TransferError::Stalled {
                     what: format!("{peer}: waiting for a blob stream"),
                     secs: opts.stall.as_secs(),
@@ -459,6 +482,10 @@ fn check_free_disk(store: &Store, need: u64) -> Result<(), TransferError> {
     }
     Ok(())
 }
+
+/// How much a sender's engine export must grow for its progress to count
+/// as the transfer moving.
+const EXPORT_STEP: u64 = 1 << 20;
 
 /// Chunks queued between a blob stream and its writer thread (each at most
 /// [`CHUNK`] bytes). Four held up to 10 MiB more at the listener's peak
