@@ -286,6 +286,29 @@ fn repeated_export_progress_does_not_hold_a_slot() {
         .await;
         let reason = h.closed_reason().await;
         assert!(reason.contains("past twice the size offered"), "{reason}");
+
+        // Growing progress for an offer with nothing to export.
+        let claimed = Digest::of(b"never sent");
+        let mut h = connect(&sender, &listener.addr).await;
+        h.offer(&claimed, 10).await;
+        assert!(matches!(h.hear().await, Message::Want { .. }));
+        let mut bytes = 0;
+        let growing = async {
+            loop {
+                bytes += 8 << 20;
+                let msg = Message::Progress {
+                    stage: "export".into(),
+                    bytes,
+                };
+                if write_message(&mut h.send, &msg, "listener").await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(20), growing).await;
+        let reason = h.closed_reason().await;
+        assert!(reason.contains("nothing received for 2 s"), "{reason}");
     });
     assert_eq!(receiver.snapshot(), before);
     receiver.assert_consistent();

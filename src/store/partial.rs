@@ -24,14 +24,18 @@ use crate::digest::{Digest, Hasher};
 pub struct PartialBlob {
     file: File,
     path: PathBuf,
+    /// The store's temporary area, where a verified blob waits to be
+    /// staged.
+    tmp_dir: PathBuf,
     digest: Digest,
     size: u64,
     hasher: Hasher,
 }
 
-/// A partial file whose size and digest have been checked: ready to stage.
+/// A blob whose size and digest have been checked, moved out of
+/// `partial/` into the temporary area: ready to stage.
 pub struct VerifiedPartial {
-    path: PathBuf,
+    temp: TempPath,
     digest: Digest,
     size: u64,
 }
@@ -123,6 +127,7 @@ impl Store {
         Ok(PartialBlob {
             file,
             path,
+            tmp_dir: self.tmp_dir(),
             digest: digest.clone(),
             size,
             hasher,
@@ -211,8 +216,18 @@ impl PartialBlob {
             .into());
         }
         self.file.sync_all().map_err(io_err(&self.path))?;
+        // Out of `partial/` while the lock is still held: a transfer of the
+        // same blob waiting for that lock would otherwise take it between
+        // here and the rename into `blobs/`, cut the verified file to its
+        // own offset and write into it.
+        let temp = tempfile::Builder::new()
+            .prefix("verified-")
+            .tempfile_in(&self.tmp_dir)
+            .map_err(io_err(&self.tmp_dir))?
+            .into_temp_path();
+        fs::rename(&self.path, &temp).map_err(io_err(&self.path))?;
         Ok(VerifiedPartial {
-            path: self.path,
+            temp,
             digest: self.digest,
             size: self.size,
         })
@@ -229,8 +244,7 @@ impl Staging {
     /// written through [`Staging::writer`]. It is renamed into `blobs/` at
     /// commit; dropping the staging deletes it, like any staged blob.
     pub fn adopt(&mut self, partial: VerifiedPartial) -> super::Result<(Digest, u64)> {
-        let temp = TempPath::try_from_path(&partial.path).map_err(io_err(&partial.path))?;
-        let blob = super::StagedBlob::from_verified(temp, partial.digest, partial.size);
+        let blob = super::StagedBlob::from_verified(partial.temp, partial.digest, partial.size);
         Ok(self.add(blob))
     }
 }
@@ -321,5 +335,32 @@ mod tests {
         let report = store.collect_garbage(false, true).unwrap().unwrap();
         assert_eq!((report.partial_kept, report.leftovers), (0, 1));
         assert_eq!(store.partial_len(&fresh, 100), 0);
+    }
+
+    /// A second transfer of the same blob, waiting for the partial file's
+    /// lock, gets it once the first has verified the blob: it must find a
+    /// new file, never the verified one on its way into `blobs/`.
+    #[test]
+    fn a_verified_blob_is_out_of_reach_of_the_next_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s")).unwrap();
+        let data = b"a whole blob".to_vec();
+        let digest = Digest::of(&data);
+        let size = data.len() as u64;
+
+        let mut first = store.open_partial_at(&digest, size, 0).unwrap();
+        first.write(&data).unwrap();
+        let verified = first.finish().unwrap();
+
+        let mut second = store.open_partial_at(&digest, size, 0).unwrap();
+        assert_eq!(second.offset(), 0);
+        second.write(b"junk").unwrap();
+
+        let mut staging = store.stage().unwrap();
+        staging.adopt(verified).unwrap();
+        staging.commit(vec![]).unwrap();
+        assert_eq!(std::fs::read(store.blob_path(&digest)).unwrap(), data);
+        drop(second);
+        assert!(store.check().unwrap().is_empty());
     }
 }

@@ -280,7 +280,8 @@ async fn serve_inner(
                             ),
                         });
                     }
-                    if bytes >= export_counted.saturating_add(EXPORT_STEP) {
+                    // Without a deferred image there is no export to wait for.
+                    if export_total > 0 && bytes >= export_counted.saturating_add(EXPORT_STEP) {
                         export_counted = bytes;
                         deadline = tokio::time::Instant::now() + stall;
                     }

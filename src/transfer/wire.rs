@@ -254,12 +254,25 @@ pub fn decode_chunk(body: &[u8], limit: usize) -> Result<Vec<u8>, WireError> {
         0 if payload.len() > limit => Err(WireError::ChunkTooLarge(limit)),
         0 => Ok(payload.to_vec()),
         1 => {
-            // Decompress into a buffer of at most `limit` bytes: a zstd
-            // bomb fails here instead of allocating.
+            use zstd::zstd_safe;
+            // A frame that says it holds more than the limit is refused
+            // unread; one that does not say is decompressed into a buffer
+            // of at most `limit` bytes, so that a zstd bomb fails instead
+            // of allocating. Any other failure is bad zstd, and named so.
+            if let Ok(Some(n)) = zstd_safe::get_frame_content_size(payload)
+                && n > limit as u64
+            {
+                return Err(WireError::ChunkTooLarge(limit));
+            }
+            let mut dctx = zstd_safe::DCtx::try_create()
+                .ok_or_else(|| WireError::Zstd("cannot allocate a decompression context".into()))?;
             let mut out = vec![0u8; limit];
-            let n = zstd::bulk::Decompressor::new()
-                .and_then(|mut d| d.decompress_to_buffer(payload, &mut out[..]))
-                .map_err(|_| WireError::ChunkTooLarge(limit))?;
+            let n = dctx.decompress(&mut out[..], payload).map_err(|code| {
+                match zstd_safe::get_error_name(code) {
+                    "Destination buffer is too small" => WireError::ChunkTooLarge(limit),
+                    name => WireError::Zstd(name.into()),
+                }
+            })?;
             out.truncate(n);
             Ok(out)
         }
@@ -427,6 +440,17 @@ mod tests {
         let mut body = vec![1u8];
         body.extend_from_slice(&bomb);
         assert_eq!(decode_chunk(&body, 100), Err(WireError::ChunkTooLarge(100)));
+        // The same bomb without the size in its header.
+        let mut c = zstd::bulk::Compressor::new(1).unwrap();
+        c.include_contentsize(false).unwrap();
+        let mut body = vec![1u8];
+        body.extend_from_slice(&c.compress(&vec![0u8; CHUNK]).unwrap());
+        assert_eq!(decode_chunk(&body, 100), Err(WireError::ChunkTooLarge(100)));
+        // Bytes that are not zstd at all are named as such, not as too large.
+        assert!(matches!(
+            decode_chunk(&[1, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a], 100),
+            Err(WireError::Zstd(_))
+        ));
         assert_eq!(decode_chunk(&body, CHUNK).unwrap().len(), CHUNK);
     }
 
