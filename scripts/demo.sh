@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 echo "building rimg (release; the first build takes several minutes)..." >&2
 cargo build --release --quiet
-rimg="$PWD/target/release/rimg"
+rimg="${CARGO_TARGET_DIR:-$PWD/target}/release/rimg"
 corpus="$PWD/../shared/corpus/real"
 
 work=$(mktemp -d)
@@ -32,18 +32,21 @@ b() { RIMG_CONFIG="$work/b/config" "$rimg" --root "$work/b/store" "$@"; }
 
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
 
-step "rimg load -i d20-edge.tar; rimg load -i d20-busybox.tar   (on A)"
 if [ -f "$corpus/d20-edge.tar" ]; then
+  step "rimg load -i d20-edge.tar; rimg load -i d20-busybox.tar   (on A)"
   a load -i "$corpus/d20-edge.tar"
   a load -i "$corpus/d20-busybox.tar"
-  first=edge:1 second=bb:1
+  first=edge:1 second=bb:1 second_note="the shared layer is skipped"
 else
-  # No corpus here: two images made from this machine's own files.
+  # No corpus beside this checkout: two images made from this machine's
+  # own files (they share no layer).
+  echo "(no corpus at $corpus: importing two images from this machine's files instead)"
+  step "rimg import base.tar demo-base:1; rimg import top.tar demo-top:1   (on A)"
   tar -C / -cf "$work/base.tar" usr/share/doc
   tar -C / -cf "$work/top.tar" etc 2>/dev/null || true
   a import "$work/base.tar" demo-base:1 >/dev/null
   a import "$work/top.tar" demo-top:1 >/dev/null
-  first=demo-base:1 second=demo-top:1
+  first=demo-base:1 second=demo-top:1 second_note="a second image"
 fi
 a images
 
@@ -64,7 +67,7 @@ sleep 1
 step "rimg push-peer --accept-new $first 127.0.0.1:$port   (on A)"
 a push-peer --accept-new "$first" "127.0.0.1:$port"
 
-step "rimg push-peer $second 127.0.0.1:$port   (the shared layer is skipped)"
+step "rimg push-peer $second 127.0.0.1:$port   ($second_note)"
 a push-peer "$second" "127.0.0.1:$port"
 
 step "rimg push-peer --json $first 127.0.0.1:$port   (nothing left to send)"

@@ -369,14 +369,26 @@ async fn connect(
             peer: peer.clone(),
             source,
         })?;
+    let no_answer = || {
+        anyhow!(
+            "no answer from {peer} within 20 s: is `rimg listen` running there, \
+             and does UDP port {port} reach it?"
+        )
+    };
     let conn = tokio::time::timeout(Duration::from_secs(20), connecting)
         .await
-        .map_err(|_| anyhow!("connecting to {peer}: no answer within 20 s"))?
-        .map_err(|e| TransferError::connection(&peer, e))?;
+        .map_err(|_| no_answer())?
+        .map_err(|e| match e {
+            quinn::ConnectionError::TimedOut => no_answer(),
+            e => TransferError::connection(&peer, e).into(),
+        })?;
     let seen =
         tls::peer_fingerprint(&conn).ok_or_else(|| anyhow!("{peer} presented no certificate"))?;
     if let Err(e) = check(&seen) {
-        conn.close(close::ERROR.into(), b"fingerprint refused");
+        conn.close(
+            close::ERROR.into(),
+            b"the sender does not trust this listener's fingerprint",
+        );
         let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
         return Err(e);
     }
