@@ -6,7 +6,8 @@
 //! speed, its share of the cores counted; r: the ratio; L: the link's rate
 //! as this stream sees it) against `1/L` raw. zstd pays when the
 //! compressor outruns the link, with a margin for the CPU the rest of the
-//! transfer needs: `C >= 1.25 L`, and `r < 0.95`. Both rates are measured
+//! transfer needs (the sender's own packets, a receiver on the same
+//! machine): `C >= 1.5 L`, and `r < 0.95`. Both rates are measured
 //! as the transfer runs, from the chunks themselves, so the choice follows
 //! the data (already compressed layers stay raw) and the link. While chunks
 //! go raw, every 16th is compressed at level 1 on its own anyway (a
@@ -166,7 +167,7 @@ impl Chooser {
         let compress_rate = s.raw_in / s.zstd_secs * parallel;
         let ratio = s.zstd_out / s.raw_in;
         let link_rate = s.wire_bytes / s.wire_secs;
-        ratio < 0.95 && compress_rate >= 1.25 * link_rate
+        ratio < 0.95 && compress_rate >= 1.5 * link_rate
     }
 
     /// One chunk of `raw` bytes compressed at `level` to `out` in `took`.
@@ -196,6 +197,13 @@ impl Chooser {
     /// write into a buffer with room, and the level swing between 9 and 3,
     /// each swing restarting the stream's zstd frame.
     pub fn record_wire(&self, bytes: usize, wrote: Duration, since: Duration, early: bool) {
+        // A small frame (a config, the end of a blob, a chunk of zeros)
+        // measures the time to open a stream or wake a task, not the link:
+        // a 1 KiB config in a millisecond had the next layer compressed at
+        // level 9 for a link taken to carry 1 MB/s.
+        if bytes < MIN_SAMPLE {
+            return;
+        }
         let mut s = self.stats.lock().expect("not poisoned");
         let (secs, blocked) = if wrote >= BLOCKED && !early {
             (wrote.as_secs_f64(), true)
@@ -209,6 +217,9 @@ impl Chooser {
         }
     }
 }
+
+/// The smallest frame that measures the link.
+const MIN_SAMPLE: usize = 64 << 10;
 
 /// A frame's write that took this long waited for the link: a write into a
 /// send buffer with room takes microseconds.
@@ -317,5 +328,14 @@ mod tests {
         assert_eq!(far.cores, cores);
         let v6 = Chooser::for_peer(Compress::Auto, "[::1]:7423".parse().unwrap());
         assert_eq!(v6.cores, near.cores);
+    }
+
+    #[test]
+    fn a_small_frame_does_not_measure_the_link() {
+        let c = Chooser::new(Compress::Auto);
+        let ms = Duration::from_millis(1);
+        c.record_wire(1024, ms, ms, false);
+        assert_eq!(c.choose(None), Choice::Probe, "nothing known yet");
+        assert_eq!(c.stats.lock().unwrap().wire_secs, 0.0);
     }
 }
