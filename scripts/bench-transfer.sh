@@ -112,11 +112,11 @@ stop_listener() { kill "$LISTEN_PID" 2>/dev/null || true; wait "$LISTEN_PID" 2>/
 listener_peak_kib() { awk '/VmHWM/ {print $2}' "/proc/$LISTEN_PID/status"; }
 
 # This machine's disk and shared cores vary from one second to the next by
-# as much as the ratios measured: the floor, the cold push and each
+# as much as the ratios measured: the floor, each push and each
 # pipeline but bzip2's are run RUNS times (default 3), and their medians
 # compared.
 RUNS=${RUNS:-3}
-median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
 # Runs "$@" timed; sets SECS and PEAK_KIB (of the command itself).
 timed() {
@@ -159,7 +159,7 @@ pipeline() { # label prefix host ssh-extra compress decompress
         timed $2 sh -c "$src | $5 | $ssh root@$3 '$6 | $sink'"
         all="$all $SECS"
     done
-    SECS=$(echo $all | tr ' ' '\n' | median)
+    SECS=$(median $all)
     row "$1" "$SECS" "$TOTAL" "median of$all; sender peak $((PEAK_KIB / 1024)) MiB"
 }
 
@@ -172,7 +172,7 @@ floor() {
         all="$all $SECS"
     done
     rm -f "$W/floor.out"
-    FLOOR=$(echo $all | tr ' ' '\n' | median)
+    FLOOR=$(median $all)
     row "floor: copy + fsync on the receiver's disk" "$FLOOR" "$TOTAL" "median of$all"
 }
 
@@ -205,13 +205,13 @@ scenario() { # title prefix-send prefix-recv host
         r=$(listener_peak_kib)
         [ "$r" -gt "$peak_recv" ] && peak_recv=$r
     done
-    COLD=$(echo $cold | tr ' ' '\n' | median)
+    COLD=$(median $cold)
     row "push-peer cold (empty store)" "$COLD" "$TOTAL" \
         "median of$cold; peak sender $((peak_send / 1024)) MiB, receiver $((peak_recv / 1024)) MiB; $(jq -c '{bytes_raw,bytes_wire,blobs_sent}' "$W/cold.json")"
-    SECS=$(echo $warm | tr ' ' '\n' | median)
+    SECS=$(median $warm)
     row "push-peer warm (top layer changed)" "$SECS" "$TOTAL" \
         "median of$warm; $(awk -v a="$SECS" -v b="$COLD" -v t="$TOP" -v n="$TOTAL" 'BEGIN { printf "%.1f%% of cold (the changed layer is %.1f%% of the bytes)", 100 * a / b, 100 * t / n }'); $(jq -c '{bytes_raw,blobs_sent,blobs_skipped}' "$W/warm.json")"
-    SECS=$(echo $present | tr ' ' '\n' | median)
+    SECS=$(median $present)
     row "push-peer all present" "$SECS" "$TOTAL" "median of$present; $(jq -c '{blobs_sent,blobs_skipped}' "$W/done.json")"
     stop_listener
     echo "  cold / floor: $(awk -v a="$COLD" -v b="$FLOOR" 'BEGIN { printf "%.2f", a / b }')"

@@ -113,6 +113,29 @@ impl Hostile {
         .await;
     }
 
+    /// Export progress every 300 ms, growing by `step` each time, until
+    /// the listener closes the connection (at most 20 s).
+    async fn progress_until_closed(&mut self, step: u64) {
+        let mut bytes = 10;
+        let feed = async {
+            loop {
+                let msg = Message::Progress {
+                    stage: "export".into(),
+                    bytes,
+                };
+                if write_message(&mut self.send, &msg, "listener")
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                bytes += step;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(20), feed).await;
+    }
+
     /// The reason the listener closed the connection with.
     async fn closed_reason(&self) -> String {
         match tokio::time::timeout(Duration::from_secs(30), self.conn.closed()).await {
@@ -258,19 +281,7 @@ fn repeated_export_progress_does_not_hold_a_slot() {
         h.offer_deferred(&id, std::slice::from_ref(&diff)).await;
         assert!(matches!(h.hear().await, Message::Want { .. }));
         let started = std::time::Instant::now();
-        let progress = Message::Progress {
-            stage: "export".into(),
-            bytes: 10,
-        };
-        let closed = async {
-            while write_message(&mut h.send, &progress, "listener")
-                .await
-                .is_ok()
-            {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(20), closed).await;
+        h.progress_until_closed(0).await;
         let reason = h.closed_reason().await;
         assert!(reason.contains("nothing received for 2 s"), "{reason}");
         assert!(started.elapsed() < Duration::from_secs(10));
@@ -292,21 +303,7 @@ fn repeated_export_progress_does_not_hold_a_slot() {
         let mut h = connect(&sender, &listener.addr).await;
         h.offer(&claimed, 10).await;
         assert!(matches!(h.hear().await, Message::Want { .. }));
-        let mut bytes = 0;
-        let growing = async {
-            loop {
-                bytes += 8 << 20;
-                let msg = Message::Progress {
-                    stage: "export".into(),
-                    bytes,
-                };
-                if write_message(&mut h.send, &msg, "listener").await.is_err() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(20), growing).await;
+        h.progress_until_closed(8 << 20).await;
         let reason = h.closed_reason().await;
         assert!(reason.contains("nothing received for 2 s"), "{reason}");
     });

@@ -375,7 +375,8 @@ impl Store {
         }
 
         let now = std::time::SystemTime::now();
-        for dir in [self.tmp_dir(), self.partial_dir()] {
+        let partial_dir = self.partial_dir();
+        for dir in [self.tmp_dir(), partial_dir.clone()] {
             for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
                 let entry = entry.map_err(io_err(&dir))?;
                 let meta = entry.metadata().ok();
@@ -384,7 +385,7 @@ impl Store {
                     .and_then(|m| m.modified().ok())
                     .and_then(|t| now.duration_since(t).ok())
                     .unwrap_or_default();
-                if dir == self.partial_dir() && !partial && age < PARTIAL_KEEP {
+                if dir == partial_dir && !partial && age < PARTIAL_KEEP {
                     report.partial_kept += 1;
                     report.partial_bytes += len;
                     continue;

@@ -21,7 +21,7 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What to send a chunk as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,10 +192,10 @@ impl Chooser {
     /// frames), a wait measures the connection's windows opening, not the
     /// link, and is not counted either: counted, it had a loopback push
     /// compress its first hundreds of MiB for a link taken to carry 12
-    /// MB/s. Counting every write as a measure had a
-    /// compressor slower than the link make the link look as fast as a
-    /// write into a buffer with room, and the level swing between 9 and 3,
-    /// each swing restarting the stream's zstd frame.
+    /// MB/s. Counting every write as a measure had a compressor slower
+    /// than the link make the link look as fast as a write into a buffer
+    /// with room, and the level swing between 9 and 3, each swing
+    /// restarting the stream's zstd frame.
     pub fn record_wire(&self, bytes: usize, wrote: Duration, since: Duration, early: bool) {
         // A small frame (a config, the end of a blob, a chunk of zeros)
         // measures the time to open a stream or wake a task, not the link:
@@ -217,6 +217,37 @@ impl Chooser {
         }
     }
 }
+
+/// Times the frames of one blob stream for [`Chooser::record_wire`].
+#[derive(Debug)]
+pub struct WireTimer {
+    /// When the previous frame had gone out.
+    last: Instant,
+    frames: u32,
+}
+
+impl Default for WireTimer {
+    fn default() -> WireTimer {
+        WireTimer {
+            last: Instant::now(),
+            frames: 0,
+        }
+    }
+}
+
+impl WireTimer {
+    /// A frame of `bytes` went out; its write (and pacing) took `wrote`.
+    pub fn sent(&mut self, chooser: &Chooser, bytes: usize, wrote: Duration) {
+        let early = self.frames < EARLY_FRAMES;
+        chooser.record_wire(bytes, wrote, self.last.elapsed(), early);
+        self.frames += 1;
+        self.last = Instant::now();
+    }
+}
+
+/// A blob stream's first frames, whose writes wait on the connection's
+/// windows opening rather than on the link.
+const EARLY_FRAMES: u32 = 8;
 
 /// The smallest frame that measures the link.
 const MIN_SAMPLE: usize = 64 << 10;

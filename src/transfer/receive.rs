@@ -232,8 +232,8 @@ async fn serve_inner(
     // Export progress moves it only as the export grows by a step and
     // stays within reach of its size hint: repeated, it would otherwise let
     // a sender hold one of the listener's slots for ever.
-    let stall = opts.stall;
-    let mut deadline = tokio::time::Instant::now() + stall;
+    let from_now = || tokio::time::Instant::now() + opts.stall;
+    let mut deadline = from_now();
     let mut export_counted = 0u64;
     let export_cap = export_total.saturating_mul(2).saturating_add(1 << 30);
     let awaiting = |shared: &Shared| {
@@ -249,7 +249,7 @@ async fn serve_inner(
                 let stream = stream.map_err(|e| TransferError::connection(peer, e))?;
                 remaining -= 1;
                 tasks.spawn(receive_blob(stream, shared.clone()));
-                deadline = tokio::time::Instant::now() + stall;
+                deadline = from_now();
             }
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
                 let digest = joined.map_err(|e| TransferError::Stream {
@@ -257,7 +257,7 @@ async fn serve_inner(
                     reason: e.to_string(),
                 })??;
                 commit.received.blobs_stored += 1;
-                deadline = tokio::time::Instant::now() + stall;
+                deadline = from_now();
                 write_message(&mut ctl_send, &Message::Stored { digest: digest.clone() }, peer).await?;
                 let ready = shared.session.lock().expect("not poisoned").blob_stored(&digest);
                 commit.ready(ready, &mut ctl_send).await?;
@@ -283,12 +283,12 @@ async fn serve_inner(
                     // Without a deferred image there is no export to wait for.
                     if export_total > 0 && bytes >= export_counted.saturating_add(EXPORT_STEP) {
                         export_counted = bytes;
-                        deadline = tokio::time::Instant::now() + stall;
+                        deadline = from_now();
                     }
                     events.stage("export", bytes, Some(export_total));
                 }
                 Some(Ok(msg @ Message::Manifests { .. })) => {
-                    deadline = tokio::time::Instant::now() + stall;
+                    deadline = from_now();
                     let ready = tokio::task::block_in_place(|| {
                         shared.session.lock().expect("not poisoned").on_manifests(&msg, &store)
                     })?;

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::auto::{Chooser, Compress};
+use super::auto::{Chooser, Compress, WireTimer};
 use super::codec::ChunkEncoder;
 use super::session::{check_want, check_welcome};
 use super::wire::{BlobHeader, CHUNK, ChunkKind, Message, OfferedImage, VERSION, WantedBlob};
@@ -392,10 +392,6 @@ fn read_frames(
 
 /// Sends one blob from the offset the receiver asked for; returns the raw
 /// and wire byte counts.
-/// A blob stream's first frames, whose writes wait on the connection's
-/// windows opening rather than on the link (see [`Chooser::record_wire`]).
-pub(super) const EARLY_FRAMES: u32 = 8;
-
 async fn send_blob(job: BlobJob) -> Result<(u64, u64), TransferError> {
     let digest = job.want.digest.clone();
     send_blob_inner(job).await.map_err(|e| TransferError::Blob {
@@ -454,7 +450,7 @@ async fn send_blob_inner(job: BlobJob) -> Result<(u64, u64), TransferError> {
         move || read_frames(file, remaining, &chooser, tx)
     });
     let (mut raw, mut wire) = (0u64, 0u64);
-    let (mut last, mut frames) = (Instant::now(), 0);
+    let mut timer = WireTimer::default();
     while let Some((n, frame)) = rx.recv().await {
         let len = frame.len();
         let t = Instant::now();
@@ -463,9 +459,7 @@ async fn send_blob_inner(job: BlobJob) -> Result<(u64, u64), TransferError> {
             limit.pace(len).await;
         }
         // The link as this stream sees it: --bwlimit is part of it.
-        chooser.record_wire(len, t.elapsed(), last.elapsed(), frames < EARLY_FRAMES);
-        frames += 1;
-        last = Instant::now();
+        timer.sent(&chooser, len, t.elapsed());
         events.progress(&want.digest, n as u64);
         raw += n as u64;
         wire += len as u64;

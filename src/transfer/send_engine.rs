@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::auto::Chooser;
+use super::auto::{Chooser, WireTimer};
 use super::codec::ChunkEncoder;
 use super::send::{Control, RateLimit, SendEvents, SendOptions, Summary, on_message};
 use super::session::{SessionError, check_want_all};
@@ -163,14 +163,12 @@ pub async fn send_engine(
         source,
     };
     // The blob being sent: its stream, digest, raw and wire bytes so far,
-    // its encoder (a blob stream's zstd stream is its own), frames sent.
-    let mut stream: Option<(quinn::SendStream, Digest, u64, u64, ChunkEncoder, u32)> = None;
+    // its encoder (a blob stream's zstd stream is its own) and frame timer.
+    let mut stream: Option<(quinn::SendStream, Digest, u64, u64, ChunkEncoder, WireTimer)> = None;
     // Once a second, whether the export moves or not (Docker 20.10 writes
     // a whole image to a temporary directory before the first byte): the
     // receiver shows it, and its stall timer starts again.
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    // When the last frame went out: the link is measured per frame.
-    let mut last = Instant::now();
     let found = loop {
         tokio::select! {
             item = feed.recv() => match item {
@@ -187,10 +185,10 @@ pub async fn send_engine(
                     s.write_all(&header.encode()).await.map_err(|e| write_error(peer, e))?;
                     events.started(&digest, size, offset);
                     let encoder = ChunkEncoder::new(&chooser).map_err(zstd_error)?;
-                    stream = Some((s, digest, 0, 0, encoder, 0));
+                    stream = Some((s, digest, 0, 0, encoder, WireTimer::default()));
                 }
                 Some(Feed::Chunk(bytes)) => {
-                    let Some((s, digest, raw, wire, encoder, frames)) = stream.as_mut() else {
+                    let Some((s, digest, raw, wire, encoder, timer)) = stream.as_mut() else {
                         continue;
                     };
                     let frame = tokio::task::block_in_place(|| {
@@ -202,10 +200,7 @@ pub async fn send_engine(
                     if let Some(limit) = &limit {
                         limit.pace(frame.len()).await;
                     }
-                    let early = *frames < super::send::EARLY_FRAMES;
-                    chooser.record_wire(frame.len(), t.elapsed(), last.elapsed(), early);
-                    *frames += 1;
-                    last = Instant::now();
+                    timer.sent(&chooser, frame.len(), t.elapsed());
                     events.progress(digest, bytes.len() as u64);
                     *raw += bytes.len() as u64;
                     *wire += frame.len() as u64;
