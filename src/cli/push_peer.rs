@@ -397,16 +397,28 @@ async fn connect(
 
 /// Closes the connection (with the error as its reason, on failure) and
 /// gives the close a moment to reach the receiver.
+///
+/// After a transfer that worked, the receiver has committed everything
+/// and sent `done`: the close only lets it stop waiting, and goes out
+/// with the first packet. Waiting out the whole draining period (three
+/// probe timeouts, ~90 ms even on loopback, which was most of a push
+/// where every blob was present) would only answer a receiver that never
+/// saw it; that receiver stops waiting on its own (10 s). A failure's
+/// reason is worth the full wait: it is what the receiver logs.
 async fn finish_connection<T>(
     endpoint: &quinn::Endpoint,
     conn: &quinn::Connection,
     result: &Result<T, TransferError>,
 ) {
-    if let Err(e) = result {
-        let reason = e.close_reason();
-        conn.close(close::ERROR.into(), reason.as_bytes());
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    let wait = match result {
+        Ok(_) => (conn.rtt() * 4).clamp(Duration::from_millis(5), Duration::from_secs(1)),
+        Err(e) => {
+            let reason = e.close_reason();
+            conn.close(close::ERROR.into(), reason.as_bytes());
+            Duration::from_secs(1)
+        }
+    };
+    let _ = tokio::time::timeout(wait, endpoint.wait_idle()).await;
 }
 
 /// known_peers, as ssh's known_hosts: pin on first contact when allowed,

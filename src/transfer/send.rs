@@ -195,7 +195,11 @@ pub async fn send(
     }
 
     let streams = opts.streams.clamp(1, 16);
-    let chooser = Arc::new(Chooser::for_peer(opts.compress, conn.remote_address()));
+    let chooser = Arc::new(Chooser::for_peer(
+        opts.compress,
+        conn.remote_address(),
+        opts.bwlimit.is_some(),
+    ));
     let limit = RateLimit::new(opts.bwlimit);
     let mut queue = wanted.into_iter();
     let mut tasks = JoinSet::new();

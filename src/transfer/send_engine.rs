@@ -156,7 +156,7 @@ pub async fn send_engine(
     });
 
     let total: u64 = images.iter().map(|i| i.size).sum();
-    let chooser = Chooser::for_peer(opts.compress, conn.remote_address());
+    let chooser = Chooser::for_peer(opts.compress, conn.remote_address(), opts.bwlimit.is_some());
     let limit = RateLimit::new(opts.bwlimit);
     let zstd_error = |source| TransferError::Io {
         what: "zstd".into(),

@@ -38,8 +38,17 @@ pub enum TlsError {
     },
 }
 
+/// ring's suites with AES-128-GCM first: every byte of a transfer is
+/// sealed once and opened once, and with AES instructions the 128-bit key
+/// does that about a third faster than the 256-bit one that rustls puts
+/// first, for a security margin this tool does not need more of than ssh's
+/// `aes128-gcm@openssh.com`.
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider
+        .cipher_suites
+        .sort_by_key(|suite| suite.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    Arc::new(provider)
 }
 
 /// Accepts any certificate; checks handshake signatures.
@@ -122,10 +131,31 @@ impl ClientCertVerifier for ByFingerprint {
     }
 }
 
+/// The largest UDP payload an endpoint accepts (the QUIC maximum). What
+/// a path carries is found by quinn's MTU discovery; this only keeps the
+/// receiver from capping it at Ethernet's 1472.
+const MAX_UDP_PAYLOAD: u16 = 65527;
+
 /// Flow-control windows sized for a fast link while bounding what one
-/// connection can make the receiver buffer.
-fn transport() -> Arc<quinn::TransportConfig> {
+/// connection can make the receiver buffer. Towards a peer on a loopback
+/// address, MTU discovery may go up to the loopback interface's 64 KiB:
+/// each datagram then carries ~45 times what it does on Ethernet, and the
+/// per-packet work (sealing, headers, acknowledgements, system calls)
+/// shrinks with it (a cold 1.1 GB push on 2 cores: 2.5-2.8 s instead of
+/// 3.5-4.1, the sender's CPU time halved). Elsewhere quinn's default
+/// bound (1452) stands.
+fn transport(loopback_peer: bool) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
+    if loopback_peer {
+        let mut mtu = quinn::MtuDiscoveryConfig::default();
+        mtu.upper_bound(MAX_UDP_PAYLOAD);
+        t.mtu_discovery_config(Some(mtu));
+        // quinn hands the kernel up to 10 datagrams per GSO send without
+        // capping their total at UDP's 64 KiB, so datagrams over ~6.5 KB
+        // would be refused in batches (and taken for a black hole). One
+        // 64 KiB datagram per send is the larger gain.
+        t.enable_segmentation_offload(false);
+    }
     t.stream_receive_window(quinn::VarInt::from_u32(4 << 20))
         .receive_window(quinn::VarInt::from_u32(8 << 20))
         .send_window(16 << 20)
@@ -162,7 +192,11 @@ fn endpoint(
     }
     let runtime = quinn::default_runtime()
         .ok_or_else(|| TlsError::Quic("no async runtime to run QUIC on".into()))?;
-    quinn::Endpoint::new(quinn::EndpointConfig::default(), server, socket, runtime).map_err(bind)
+    let mut config = quinn::EndpointConfig::default();
+    config
+        .max_udp_payload_size(MAX_UDP_PAYLOAD)
+        .map_err(|e| TlsError::Quic(e.to_string()))?;
+    quinn::Endpoint::new(config, server, socket, runtime).map_err(bind)
 }
 
 /// A server endpoint on `addr` presenting `identity` and requiring a
@@ -177,7 +211,7 @@ pub fn server(identity: &Identity, addr: SocketAddr) -> Result<quinn::Endpoint, 
     crypto.alpn_protocols = vec![ALPN.to_vec()];
     let quic = QuicServerConfig::try_from(crypto).map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    config.transport_config(transport());
+    config.transport_config(transport(false));
     endpoint(addr, Some(config))
 }
 
@@ -194,7 +228,7 @@ pub fn client(identity: &Identity, peer: SocketAddr) -> Result<quinn::Endpoint, 
     crypto.alpn_protocols = vec![ALPN.to_vec()];
     let quic = QuicClientConfig::try_from(crypto).map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
-    config.transport_config(transport());
+    config.transport_config(transport(peer.ip().is_loopback()));
 
     let local: SocketAddr = if peer.is_ipv6() {
         "[::]:0".parse().expect("valid")
