@@ -9,7 +9,8 @@
 # Needs root (namespaces, sshd, a second dockerd), sshd, zstd, bzip2, jq,
 # /usr/bin/time, and for the engine case a running Docker Engine and dockerd.
 # Usage: scripts/bench-transfer.sh [--skip-loopback] [--skip-engine] [--skip-links]
-# BENCH_SKIP_BZIP2=1 leaves out the bzip2 pipelines (minutes each).
+# BENCH_SKIP_BZIP2=1 leaves out the bzip2 pipelines (minutes each);
+# BENCH_LINKS="100mbit" runs only that link (default "1gbit 100mbit").
 # Figures are printed as a table on stdout; ratios are against the floor
 # and the pipelines of the same run, never absolute targets.
 
@@ -350,7 +351,11 @@ link() { # rate
     tc -n rb_b qdisc add dev rb_vb root tbf rate "$1" burst "$burst" latency 20ms
 }
 
-link 1gbit 1mb
-scenario "1 Gbit/s (veth + tbf)" "ip netns exec rb_a" "ip netns exec rb_b" 10.77.0.2 nobzip2
-link 100mbit 256kb
-scenario "100 Mbit/s (veth + tbf)" "ip netns exec rb_a" "ip netns exec rb_b" 10.77.0.2 nobzip2
+for rate in ${BENCH_LINKS:-1gbit 100mbit}; do
+    case $rate in
+    1gbit) link 1gbit 1mb && title="1 Gbit/s" ;;
+    100mbit) link 100mbit 256kb && title="100 Mbit/s" ;;
+    *) echo "BENCH_LINKS: unknown link $rate (1gbit, 100mbit)" >&2; exit 2 ;;
+    esac
+    scenario "$title (veth + tbf)" "ip netns exec rb_a" "ip netns exec rb_b" 10.77.0.2 nobzip2
+done

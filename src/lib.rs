@@ -17,3 +17,21 @@ pub mod reference;
 pub mod store;
 pub mod transfer;
 pub mod units;
+
+/// Data for the unit tests.
+#[cfg(test)]
+pub(crate) mod testdata {
+    /// `len` bytes that zstd cannot shrink and that `seed` repeats
+    /// exactly (xorshift64).
+    pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+}

@@ -653,19 +653,6 @@ fn a_name_the_engine_would_not_see_as_typed_is_refused() {
     assert_eq!(env.snapshot(), before);
 }
 
-/// Bytes no compressor shrinks (xorshift), so that `--bwlimit` paces them.
-fn noise(len: usize) -> Vec<u8> {
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// A push from the engine killed in the middle of a layer resumes: the
 /// export is read again from its start, but the bytes the receiver holds
 /// are skipped, not sent again.
@@ -678,7 +665,7 @@ fn a_killed_push_from_the_engine_resumes_where_it_stopped() {
     let app = build(
         "rimg-test-engine/resume:1",
         "FROM rimg-test-engine/resume-base:1\nCOPY big.bin /big.bin\n",
-        &[("big.bin", &noise(24 << 20))],
+        &[("big.bin", &common::seed::noise(24 << 20, 5))],
     );
     let (sender, receiver) = (Env::new(), Env::new());
     trust(&receiver, &sender);

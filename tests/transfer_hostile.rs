@@ -153,12 +153,22 @@ async fn send_blob(
     chunks: &[Vec<u8>],
     finish: bool,
 ) -> quinn::SendStream {
-    let mut stream = conn.open_uni().await.unwrap();
     let header = BlobHeader {
         digest: digest.clone(),
         offset: 0,
         size: None,
+        long_window: false,
     };
+    send_with_header(conn, header, chunks, finish).await
+}
+
+async fn send_with_header(
+    conn: &quinn::Connection,
+    header: BlobHeader,
+    chunks: &[Vec<u8>],
+    finish: bool,
+) -> quinn::SendStream {
+    let mut stream = conn.open_uni().await.unwrap();
     // The receiver may stop the stream or close the connection as soon as
     // it has seen enough to refuse; what it says then is the test, so a
     // refused write ends the sending here.
@@ -222,6 +232,49 @@ fn a_blob_whose_bytes_do_not_match_its_digest_is_refused() {
         partial_files(&receiver).is_empty(),
         "wrong bytes are not kept"
     );
+    receiver.assert_consistent();
+}
+
+/// The long zstd window (128 MiB to decode) goes to one connection at a
+/// time and one stream in it: a second connection is not granted it while
+/// the first holds it, and a stream taking it where it was not granted is
+/// refused.
+#[test]
+fn a_long_window_is_granted_once_and_taken_only_where_granted() {
+    let (sender, receiver, listener) = setup(&[]);
+    let before = receiver.snapshot();
+    let layer = Digest::of(b"a layer");
+    rt().block_on(async {
+        let mut first = connect(&sender, &listener.addr).await;
+        first.offer(&layer, 7).await;
+        let Message::Want { long_window, .. } = first.hear().await else {
+            panic!("no want");
+        };
+        assert!(
+            long_window,
+            "the first connection is granted the long window"
+        );
+
+        let mut second = connect(&sender, &listener.addr).await;
+        second.offer(&layer, 7).await;
+        let Message::Want { long_window, .. } = second.hear().await else {
+            panic!("no want");
+        };
+        assert!(!long_window, "only one connection holds it at a time");
+        let header = BlobHeader {
+            digest: layer.clone(),
+            offset: 0,
+            size: None,
+            long_window: true,
+        };
+        let _s = send_with_header(&second.conn, header, &[b"a layer".to_vec()], true).await;
+        let reason = second.closed_reason().await;
+        assert!(reason.contains("long zstd window"), "{reason}");
+        assert!(reason.contains(&layer.to_string()), "{reason}");
+        drop(first);
+    });
+    listener.wait_log("long zstd window");
+    assert_eq!(receiver.snapshot(), before);
     receiver.assert_consistent();
 }
 
@@ -388,6 +441,7 @@ async fn send_sized_blob(conn: &quinn::Connection, digest: &Digest, bytes: &[u8]
         digest: digest.clone(),
         offset: 0,
         size: Some(size),
+        long_window: false,
     };
     // As in send_blob: a receiver that refuses may stop the stream at once.
     if stream.write_all(&header.encode()).await.is_ok()
@@ -422,7 +476,10 @@ fn a_deferred_manifest_that_disagrees_with_the_offer_is_refused() {
     rt().block_on(async {
         let mut h = connect(&sender, &listener.addr).await;
         h.offer_deferred(&id, std::slice::from_ref(&diff)).await;
-        let Message::Want { blobs, deferred } = h.hear().await else {
+        let Message::Want {
+            blobs, deferred, ..
+        } = h.hear().await
+        else {
             panic!("expected a want");
         };
         assert!(blobs.is_empty());
@@ -624,6 +681,7 @@ fn a_partial_longer_than_its_blob_does_not_block_a_push_from_the_engine() {
             digest: layer.clone(),
             offset: 0,
             size: Some(3 * BB_LAYER_SIZE),
+            long_window: false,
         };
         stream.write_all(&header.encode()).await.unwrap();
         for _ in 0..3 {
@@ -736,6 +794,7 @@ fn a_receivers_escape_sequences_are_not_printed_raw() {
             Message::Want {
                 blobs: vec![],
                 deferred: vec![],
+                long_window: false,
             },
             Message::Loaded {
                 id: id.clone(),

@@ -39,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
     }
     // The input as a blob stream's chunk bodies, each prefixed by a
     // 2-byte length here: a decoder must stay within each chunk's limit.
-    let mut decoder = ChunkDecoder::new(true);
+    let mut decoder = ChunkDecoder::new(true, false);
     let mut rest = data;
     while rest.len() >= 2 {
         let len = (u16::from_be_bytes([rest[0], rest[1]]) as usize).min(rest.len() - 2);

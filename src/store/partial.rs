@@ -402,15 +402,7 @@ mod tests {
     /// shorter than a block give back exactly the bytes written.
     #[test]
     fn odd_pieces_and_an_unaligned_resume_keep_every_byte() {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let data: Vec<u8> = (0..3_300_001)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let data = crate::testdata::noise(3_300_001, 0x9e37_79b9_7f4a_7c15);
         let digest = Digest::of(&data);
         let size = data.len() as u64;
         for direct in [true, false] {

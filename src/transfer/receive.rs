@@ -38,6 +38,10 @@ pub struct ReceiveOptions {
     /// Where committed images also go (the local Docker Engine), before
     /// `done`, so that the sender hears the result.
     pub into: Option<Arc<dyn Deliver>>,
+    /// Long zstd windows (128 MiB each) this receiver grants at once, one
+    /// per connection, shared by every connection served with these
+    /// options (clones share it): what bounds its memory.
+    pub long_windows: Arc<tokio::sync::Semaphore>,
 }
 
 /// A destination beyond the store, fed once a transfer has committed its
@@ -61,6 +65,7 @@ impl Default for ReceiveOptions {
             token: None,
             reserve: 256 << 20,
             into: None,
+            long_windows: Arc::new(tokio::sync::Semaphore::new(1)),
         }
     }
 }
@@ -101,6 +106,8 @@ struct Shared {
     reserve: u64,
     events: Arc<dyn ReceiveEvents>,
     peer: String,
+    /// The long window granted in `want`, until a blob stream takes it.
+    long_window: Mutex<bool>,
 }
 
 /// Serves one connection until the transfer is done or fails. On failure
@@ -187,11 +194,17 @@ async fn serve_inner(
         }
     }
 
+    // Held to the end of the connection, whether a stream takes it or not.
+    let long_permit = match version >= 4 {
+        true => opts.long_windows.clone().try_acquire_owned().ok(),
+        false => None,
+    };
     write_message(
         &mut ctl_send,
         &Message::Want {
             blobs: plan.want.clone(),
             deferred: plan.deferred.clone(),
+            long_window: long_permit.is_some(),
         },
         peer,
     )
@@ -216,6 +229,7 @@ async fn serve_inner(
         reserve: opts.reserve,
         events: events.clone(),
         peer: peer.to_string(),
+        long_window: Mutex::new(long_permit.is_some()),
     });
     let mut commit = Committer {
         store: &store,
@@ -601,6 +615,17 @@ async fn receive_body(
         let size = session.start_blob(&digest, header.offset, header.size)?;
         (size, session.version())
     };
+    if header.long_window {
+        let mut granted = shared.long_window.lock().expect("not poisoned");
+        if !std::mem::take(&mut *granted) {
+            return Err(WireError::Malformed(
+                "the blob stream asks for a long zstd window this receiver did not grant \
+                 (at most one stream per connection, when `want` says so)"
+                    .into(),
+            )
+            .into());
+        }
+    }
     let partial = open_partial(shared, &digest, size, header.offset).await?;
     if partial.offset() != header.offset {
         return Err(super::session::SessionError::WrongOffset {
@@ -624,7 +649,7 @@ async fn receive_body(
     // keeps moving while the disk and the hash work.
     let mut left = size - header.offset;
     let mut frames = FrameReader::new(stream, shared.stall, &what);
-    let mut decoder = ChunkDecoder::new(version >= 3);
+    let mut decoder = ChunkDecoder::new(version >= 3, header.long_window);
     let outcome: Result<(), (TransferError, bool)> = loop {
         let frame = match frames.next(MAX_CHUNK_WIRE + 1).await {
             Ok(Some(frame)) => frame,

@@ -143,6 +143,8 @@ struct BlobJob {
     conn: quinn::Connection,
     path: PathBuf,
     want: WantedBlob,
+    /// The stream takes the long window the receiver granted.
+    long: bool,
     chooser: Arc<Chooser>,
     limit: Option<Arc<RateLimit>>,
     events: Arc<dyn SendEvents>,
@@ -179,7 +181,15 @@ pub async fn send(
             .collect(),
     };
     ctl.say(&offer).await?;
-    let wanted = check_want(&offered, &ctl.next().await?)?;
+    let answer = ctl.next().await?;
+    let wanted = check_want(&offered, &answer)?;
+    let granted = matches!(
+        answer,
+        Message::Want {
+            long_window: true,
+            ..
+        }
+    );
 
     let mut summary = Summary {
         blobs_total: offered.len(),
@@ -201,14 +211,23 @@ pub async fn send(
         opts.bwlimit.is_some(),
     ));
     let limit = RateLimit::new(opts.bwlimit);
-    let mut queue = wanted.into_iter();
+    // The long window goes to the first blob with enough left to gain from
+    // it, if the receiver granted one and the stream may be compressed.
+    let long_for = match granted && chooser.may_compress() {
+        true => wanted
+            .iter()
+            .position(|w| w.size - w.offset >= LONG_WINDOW_MIN),
+        false => None,
+    };
+    let mut queue = wanted.into_iter().enumerate();
     let mut tasks = JoinSet::new();
     let mut spawn_next = |tasks: &mut JoinSet<_>| {
-        if let Some(want) = queue.next() {
+        if let Some((i, want)) = queue.next() {
             let job = BlobJob {
                 conn: conn.clone(),
                 path: store.blob_path(&want.digest),
                 want,
+                long: long_for == Some(i),
                 chooser: chooser.clone(),
                 limit: limit.clone(),
                 events: events.clone(),
@@ -358,6 +377,10 @@ pub(super) async fn read_control(
     }
 }
 
+/// Blobs smaller than this (left to send) do not take the long window: it
+/// would hold most of them, and the gain is in what repeats further apart.
+const LONG_WINDOW_MIN: u64 = 256 << 20;
+
 /// Frames read ahead of the stream, per blob (each at most [`CHUNK`]).
 const READ_AHEAD: usize = 4;
 
@@ -368,9 +391,10 @@ fn read_frames(
     mut file: std::fs::File,
     mut remaining: u64,
     chooser: &Chooser,
+    long: bool,
     frames: mpsc::Sender<(usize, Bytes)>,
 ) -> std::io::Result<()> {
-    let mut encoder = ChunkEncoder::new(chooser)?;
+    let mut encoder = ChunkEncoder::new(chooser, long)?;
     while remaining > 0 {
         let n = (remaining as usize).min(CHUNK);
         // Room for the frame's prefix and kind, then the bytes read straight
@@ -409,6 +433,7 @@ async fn send_blob_inner(job: BlobJob) -> Result<(u64, u64), TransferError> {
         conn,
         path,
         want,
+        long,
         chooser,
         limit,
         events,
@@ -438,6 +463,7 @@ async fn send_blob_inner(job: BlobJob) -> Result<(u64, u64), TransferError> {
         digest: want.digest.clone(),
         offset: want.offset,
         size: None,
+        long_window: long,
     };
     stream
         .write_all(&header.encode())
@@ -451,7 +477,7 @@ async fn send_blob_inner(job: BlobJob) -> Result<(u64, u64), TransferError> {
     let reader = tokio::task::spawn_blocking({
         let chooser = chooser.clone();
         let remaining = want.size - want.offset;
-        move || read_frames(file, remaining, &chooser, tx)
+        move || read_frames(file, remaining, &chooser, long, tx)
     });
     let (mut raw, mut wire) = (0u64, 0u64);
     let mut timer = WireTimer::default();

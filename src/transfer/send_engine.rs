@@ -181,10 +181,10 @@ pub async fn send_engine(
                         .open_uni()
                         .await
                         .map_err(|e| TransferError::connection(peer, e))?;
-                    let header = BlobHeader { digest: digest.clone(), offset, size: Some(size) };
+                    let header = BlobHeader { digest: digest.clone(), offset, size: Some(size), long_window: false };
                     s.write_all(&header.encode()).await.map_err(|e| write_error(peer, e))?;
                     events.started(&digest, size, offset);
-                    let encoder = ChunkEncoder::new(&chooser).map_err(zstd_error)?;
+                    let encoder = ChunkEncoder::new(&chooser, false).map_err(zstd_error)?;
                     stream = Some((s, digest, 0, 0, encoder, WireTimer::default()));
                 }
                 Some(Feed::Chunk(bytes)) => {

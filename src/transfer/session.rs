@@ -715,6 +715,7 @@ pub fn check_want_all(
     let Message::Want {
         blobs,
         deferred: unsized_blobs,
+        ..
     } = msg
     else {
         return Err(unexpected("want", msg));
@@ -936,6 +937,7 @@ mod tests {
                 offset: 3,
             }],
             deferred: vec![],
+            long_window: false,
         };
         assert_eq!(check_want(&offered, &ok).unwrap().len(), 1);
         let past_end = Message::Want {
@@ -945,6 +947,7 @@ mod tests {
                 offset: 11,
             }],
             deferred: vec![],
+            long_window: false,
         };
         assert!(check_want(&offered, &past_end).is_err());
         let unknown = Message::Want {
@@ -954,6 +957,7 @@ mod tests {
                 offset: 0,
             }],
             deferred: vec![],
+            long_window: false,
         };
         assert_eq!(
             check_want(&offered, &unknown),

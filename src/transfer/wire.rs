@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::digest::Digest;
 
 /// The highest protocol version this build speaks (`Hello.version`).
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 
 /// The oldest version a receiver of this build still serves: a version 1
 /// sender offers store images only and gets no `engine` report.
@@ -53,6 +53,10 @@ pub enum Message {
         /// Version 2: blobs of deferred images, size unknown.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         deferred: Vec<WantedDeferred>,
+        /// Version 4: the receiver takes one blob stream of this
+        /// connection with a zstd window up to 128 MiB (see `codec`).
+        #[serde(default, skip_serializing_if = "is_false")]
+        long_window: bool,
     },
     /// Receiver: a blob was received, verified and stored.
     Stored { digest: Digest },
@@ -139,6 +143,14 @@ pub struct BlobHeader {
     /// Version 2: the whole blob's size, for a blob wanted without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
+    /// Version 4: this stream takes the long zstd window the receiver
+    /// granted in `want`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub long_window: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
 }
 
 /// How a chunk's payload is encoded.
@@ -326,6 +338,7 @@ mod tests {
                 offset: 4,
             }],
             deferred: Vec::new(),
+            long_window: false,
         };
         let offer_deferred = Message::Offer {
             images: vec![OfferedImage {
@@ -344,6 +357,7 @@ mod tests {
                 digest: digest('a'),
                 offset: 0,
             }],
+            long_window: false,
         };
         let doc =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/proto/PROTOCOL.md"))
@@ -359,6 +373,26 @@ mod tests {
                     digest: digest('b'),
                     offset: 0,
                     size: None,
+                    long_window: false,
+                }
+                .encode(),
+            ),
+            (
+                "want-long",
+                Message::Want {
+                    blobs: Vec::new(),
+                    deferred: Vec::new(),
+                    long_window: true,
+                }
+                .encode(),
+            ),
+            (
+                "header-long",
+                BlobHeader {
+                    digest: digest('b'),
+                    offset: 0,
+                    size: None,
+                    long_window: true,
                 }
                 .encode(),
             ),
@@ -370,6 +404,7 @@ mod tests {
                     digest: digest('a'),
                     offset: 0,
                     size: Some(10),
+                    long_window: false,
                 }
                 .encode(),
             ),

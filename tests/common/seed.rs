@@ -95,19 +95,26 @@ fn commit(store: &Store, config: &[u8], layers: &[&Vec<u8>], tags: &[String]) ->
     config_digest.to_string()
 }
 
-/// A tar holding one file of `size` pseudo-random (incompressible) bytes.
-pub fn random_layer(name: &str, size: usize, seed: u64) -> Vec<u8> {
-    let mut data = Vec::with_capacity(size);
+/// `len` bytes no compressor shrinks (xorshift64), the same for the same
+/// `seed`.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed
         .wrapping_mul(6364136223846793005)
         .wrapping_add(1442695040888963407);
-    while data.len() < size {
+    let mut data = Vec::with_capacity(len + 8);
+    while data.len() < len {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
         data.extend_from_slice(&x.to_le_bytes());
     }
-    data.truncate(size);
+    data.truncate(len);
+    data
+}
+
+/// A tar holding one file of `size` pseudo-random (incompressible) bytes.
+pub fn random_layer(name: &str, size: usize, seed: u64) -> Vec<u8> {
+    let data = noise(size, seed);
     let mut builder = tar::Builder::new(Vec::new());
     let mut header = tar::Header::new_gnu();
     header.set_size(size as u64);
