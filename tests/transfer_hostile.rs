@@ -236,33 +236,35 @@ fn a_blob_whose_bytes_do_not_match_its_digest_is_refused() {
 }
 
 /// The long zstd window (128 MiB to decode) goes to one connection at a
-/// time and one stream in it: a second connection is not granted it while
-/// the first holds it, and a stream taking it where it was not granted is
-/// refused.
+/// time, and only to one that wants a blob of at least 256 MiB: a second
+/// connection is not granted it while the first holds it, a stream taking
+/// it where it was not granted is refused, and it is free again once the
+/// holder is gone.
 #[test]
 fn a_long_window_is_granted_once_and_taken_only_where_granted() {
     let (sender, receiver, listener) = setup(&[]);
     let before = receiver.snapshot();
-    let layer = Digest::of(b"a layer");
+    let small = Digest::of(b"a layer");
+    let big = Digest::of(b"a layer of 300 MiB");
+    let granted = |m: Message| match m {
+        Message::Want { long_window, .. } => long_window,
+        other => panic!("no want: {other:?}"),
+    };
     rt().block_on(async {
+        let mut tiny = connect(&sender, &listener.addr).await;
+        tiny.offer(&small, 7).await;
+        assert!(!granted(tiny.hear().await), "not for a 7-byte layer");
+        tiny.conn.close(0u32.into(), b"done");
+
         let mut first = connect(&sender, &listener.addr).await;
-        first.offer(&layer, 7).await;
-        let Message::Want { long_window, .. } = first.hear().await else {
-            panic!("no want");
-        };
-        assert!(
-            long_window,
-            "the first connection is granted the long window"
-        );
+        first.offer(&big, 300 << 20).await;
+        assert!(granted(first.hear().await), "the first big offer gets it");
 
         let mut second = connect(&sender, &listener.addr).await;
-        second.offer(&layer, 7).await;
-        let Message::Want { long_window, .. } = second.hear().await else {
-            panic!("no want");
-        };
-        assert!(!long_window, "only one connection holds it at a time");
+        second.offer(&big, 300 << 20).await;
+        assert!(!granted(second.hear().await), "one connection at a time");
         let header = BlobHeader {
-            digest: layer.clone(),
+            digest: big.clone(),
             offset: 0,
             size: None,
             long_window: true,
@@ -270,8 +272,22 @@ fn a_long_window_is_granted_once_and_taken_only_where_granted() {
         let _s = send_with_header(&second.conn, header, &[b"a layer".to_vec()], true).await;
         let reason = second.closed_reason().await;
         assert!(reason.contains("long zstd window"), "{reason}");
-        assert!(reason.contains(&layer.to_string()), "{reason}");
-        drop(first);
+        assert!(reason.contains(&big.to_string()), "{reason}");
+
+        first.conn.close(0u32.into(), b"gone");
+        // The listener notices the close within moments.
+        let mut free = false;
+        for _ in 0..50 {
+            let mut again = connect(&sender, &listener.addr).await;
+            again.offer(&big, 300 << 20).await;
+            free = granted(again.hear().await);
+            again.conn.close(0u32.into(), b"done");
+            if free {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(free, "the window is granted again once its holder is gone");
     });
     listener.wait_log("long zstd window");
     assert_eq!(receiver.snapshot(), before);

@@ -331,12 +331,15 @@ struct Appender {
     /// Writes through a second handle on the file, opened with
     /// `O_DIRECT`, while that works.
     direct: Option<DirectWriter>,
-    /// The block being gathered, and the one not in use.
+    /// The block being gathered, and the one not in use (none until the
+    /// first direct write).
     block: Block,
     spare: Option<Block>,
     /// Bytes gathered, to be written at `at`.
     len: usize,
     at: u64,
+    /// A block was lost: nothing more may be written.
+    failed: bool,
 }
 
 impl Appender {
@@ -351,9 +354,10 @@ impl Appender {
             file,
             direct,
             block: Block::new(),
-            spare: Some(Block::new()),
+            spare: None,
             len: 0,
             at,
+            failed: false,
         }
     }
 
@@ -381,9 +385,11 @@ impl Appender {
     }
 
     /// Waits for the block being written, if any, and takes it back as the
-    /// spare. Where the filesystem took `O_DIRECT` at open but refuses it
-    /// for writes, that block goes through the page cache, and so does
-    /// everything after it.
+    /// spare. Where a direct write fails (a filesystem that took
+    /// `O_DIRECT` at open refuses it for writes with EINVAL or EOPNOTSUPP),
+    /// that block goes through the page cache, and so does everything
+    /// after it. If that fails too, nothing more is written: the file
+    /// stays a prefix of the blob for a resume, without a hole.
     fn wait(&mut self) -> io::Result<()> {
         let Some(direct) = self.direct.as_mut().filter(|d| d.busy) else {
             return Ok(());
@@ -393,14 +399,15 @@ impl Appender {
             .done
             .recv()
             .map_err(|_| io::Error::other("the direct-write thread ended"))?;
-        match result {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
-                self.direct = None;
-                self.file
-                    .write_all_at(&job.block.bytes()[..job.len], job.at)?;
+        if result.is_err() {
+            self.direct = None;
+            let again = self
+                .file
+                .write_all_at(&job.block.bytes()[..job.len], job.at);
+            if let Err(e) = again {
+                self.failed = true;
+                return Err(e);
             }
-            Err(e) => return Err(e),
         }
         self.spare = Some(job.block);
         Ok(())
@@ -411,10 +418,15 @@ impl Appender {
     /// waits for more). With `all`, returns only once every byte is
     /// written.
     fn write_out(&mut self, all: bool) -> io::Result<()> {
+        if self.failed {
+            return Err(io::Error::other("an earlier write to this file failed"));
+        }
         let n = self.len / ALIGN * ALIGN;
         if self.direct.is_some() && self.at.is_multiple_of(ALIGN as u64) && n > 0 {
             self.wait()?;
-            if let (Some(direct), Some(mut next)) = (&mut self.direct, self.spare.take()) {
+            if let Some(direct) = &mut self.direct {
+                // The second block only once there is a first to write.
+                let mut next = self.spare.take().unwrap_or_else(Block::new);
                 // The unaligned rest starts the next block.
                 let rest = self.len - n;
                 next.bytes_mut()[..rest].copy_from_slice(&self.block.bytes()[n..self.len]);
@@ -540,23 +552,42 @@ mod tests {
         }
     }
 
-    /// A direct write fails on its own thread while the next block is
-    /// gathered: the error still reaches the writer, at the next block or
-    /// at the flush, and is not lost.
+    /// A direct write that fails on its own thread (here EBADF, as a
+    /// filesystem's EINVAL or EOPNOTSUPP would) is written again through
+    /// the page cache, and so is all after it: every byte arrives.
     #[test]
-    fn a_failed_direct_write_is_reported() {
+    fn a_failed_direct_write_goes_through_the_page_cache() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("blob");
-        let file = File::create(&path).unwrap();
-        let mut appender = Appender::new(file, &path, 0);
-        // A handle that cannot write (EBADF) in place of the O_DIRECT one.
+        let mut appender = Appender::new(File::create(&path).unwrap(), &path, 0);
         appender.direct = Some(DirectWriter::start(File::open(&path).unwrap()).unwrap());
-        let block = vec![7u8; BLOCK];
-        let failed = appender
-            .append(&block)
-            .and_then(|()| appender.append(&block))
+        let data = crate::testdata::noise(2 * BLOCK + 100, 3);
+        appender.append(&data).unwrap();
+        appender.write_out(true).unwrap();
+        assert!(appender.direct.is_none());
+        assert!(fs::read(&path).unwrap() == data, "bytes lost");
+    }
+
+    /// When the page cache fails that block too, the error is reported and
+    /// nothing after it is written, not even when dropped: a hole would
+    /// look like a longer prefix to the next resume.
+    #[test]
+    fn after_a_lost_block_nothing_more_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        File::create(&path).unwrap();
+        let mut appender = Appender::new(File::open(&path).unwrap(), &path, 0);
+        appender.direct = Some(DirectWriter::start(File::open(&path).unwrap()).unwrap());
+        let data = crate::testdata::noise(BLOCK + 100, 4);
+        let lost = appender
+            .append(&data)
             .and_then(|()| appender.write_out(true));
-        assert!(failed.is_err(), "the failed write went unnoticed");
+        assert!(lost.is_err(), "the lost block went unnoticed");
+        // Writable again, but the block before is gone.
+        appender.file = File::options().write(true).open(&path).unwrap();
+        assert!(appender.write_out(true).is_err());
+        drop(appender);
+        assert_eq!(fs::metadata(&path).unwrap().len(), 0);
     }
 
     #[test]

@@ -32,6 +32,12 @@ pub const STREAM_WINDOW_LOG: u32 = 22;
 /// it is used only where the link is slow enough for the high levels.
 pub const LONG_WINDOW_LOG: u32 = 27;
 
+/// A receiver grants the long window only to a connection that wants a
+/// blob with this much left to send, and a sender gives it only to such a
+/// blob: below it the window would hold most of the blob, and the gain is
+/// in what repeats further apart.
+pub const LONG_WINDOW_MIN: u64 = 256 << 20;
+
 /// [`LEVEL_HOLD`] for a stream with the long window in use: a new frame
 /// loses up to 128 MiB of history, so it takes longer to give up.
 const LONG_LEVEL_HOLD: u32 = 32;
@@ -323,10 +329,20 @@ impl ChunkDecoder {
         let mut out = vec![0u8; announced + 1];
         let mut input = InBuffer::around(packed);
         let mut output = OutBuffer::around(&mut out[..]);
+        let window_log = self.window_log;
+        let window_error = |code: usize| match zstd::zstd_safe::get_error_name(code) {
+            // zstd's name for ZSTD_error_frameParameter_windowTooLarge.
+            "Frame requires too much memory for decoding" => WireError::Zstd(format!(
+                "the stream needs a zstd window over the {} MiB this blob stream may use \
+                 (4 MiB, or 128 MiB in the one stream that took a granted long window)",
+                1u32 << (window_log - 20)
+            )),
+            _ => wire_error(code),
+        };
         loop {
             let before = (input.pos(), output.pos());
             dctx.decompress_stream(&mut output, &mut input)
-                .map_err(wire_error)?;
+                .map_err(window_error)?;
             if output.pos() > announced {
                 return Err(WireError::ChunkLength { announced });
             }
@@ -413,10 +429,10 @@ mod tests {
             decode_with(&long, ChunkDecoder::new(true, true)).unwrap(),
             data
         );
-        assert!(matches!(
-            decode_with(&long, ChunkDecoder::new(true, false)),
-            Err(WireError::Zstd(_))
-        ));
+        match decode_with(&long, ChunkDecoder::new(true, false)) {
+            Err(WireError::Zstd(e)) => assert!(e.contains("window over the 4 MiB"), "{e}"),
+            other => panic!("a 128 MiB window decoded with 4 MiB: {other:?}"),
+        }
     }
 
     #[test]

@@ -17,9 +17,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::codec::ChunkDecoder;
+use super::codec::{ChunkDecoder, LONG_WINDOW_MIN};
 use super::session::{Limits, ReceiverSession};
-use super::wire::{BlobHeader, CHUNK, MAX_CHUNK_WIRE, Message, WireError};
+use super::wire::{BlobHeader, CHUNK, MAX_CHUNK_WIRE, Message, WantedBlob, WireError};
 use super::{FrameReader, TransferError, close, read_frame, read_message, write_message};
 use crate::digest::Digest;
 use crate::image::{Descriptor, MEDIA_OCI_MANIFEST};
@@ -107,7 +107,7 @@ struct Shared {
     events: Arc<dyn ReceiveEvents>,
     peer: String,
     /// The long window granted in `want`, until a blob stream takes it.
-    long_window: Mutex<bool>,
+    long_window: Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
 }
 
 /// Serves one connection until the transfer is done or fails. On failure
@@ -194,8 +194,10 @@ async fn serve_inner(
         }
     }
 
-    // Held to the end of the connection, whether a stream takes it or not.
-    let long_permit = match version >= 4 {
+    // Only for a blob big enough for the sender to use it; held by the
+    // stream that takes it to its end, else to the end of the connection.
+    let big = |w: &WantedBlob| w.size.saturating_sub(w.offset) >= LONG_WINDOW_MIN;
+    let long_permit = match version >= 4 && plan.want.iter().any(big) {
         true => opts.long_windows.clone().try_acquire_owned().ok(),
         false => None,
     };
@@ -229,7 +231,7 @@ async fn serve_inner(
         reserve: opts.reserve,
         events: events.clone(),
         peer: peer.to_string(),
-        long_window: Mutex::new(long_permit.is_some()),
+        long_window: Mutex::new(long_permit),
     });
     let mut commit = Committer {
         store: &store,
@@ -615,17 +617,24 @@ async fn receive_body(
         let size = session.start_blob(&digest, header.offset, header.size)?;
         (size, session.version())
     };
-    if header.long_window {
-        let mut granted = shared.long_window.lock().expect("not poisoned");
-        if !std::mem::take(&mut *granted) {
-            return Err(WireError::Malformed(
-                "the blob stream asks for a long zstd window this receiver did not grant \
+    // Held to the end of this stream.
+    let _long_window = match header.long_window {
+        false => None,
+        true => Some(
+            shared
+                .long_window
+                .lock()
+                .expect("not poisoned")
+                .take()
+                .ok_or_else(|| {
+                    WireError::Malformed(
+                        "the blob stream asks for a long zstd window this receiver did not grant \
                  (at most one stream per connection, when `want` says so)"
-                    .into(),
-            )
-            .into());
-        }
-    }
+                            .into(),
+                    )
+                })?,
+        ),
+    };
     let partial = open_partial(shared, &digest, size, header.offset).await?;
     if partial.offset() != header.offset {
         return Err(super::session::SessionError::WrongOffset {

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::auto::{Chooser, Compress, WireTimer};
-use super::codec::ChunkEncoder;
+use super::codec::{ChunkEncoder, LONG_WINDOW_MIN};
 use super::session::{check_want, check_welcome};
 use super::wire::{BlobHeader, CHUNK, ChunkKind, Message, OfferedImage, VERSION, WantedBlob};
 use super::{TransferError, close, printable, read_message, write_message};
@@ -376,10 +376,6 @@ pub(super) async fn read_control(
         }
     }
 }
-
-/// Blobs smaller than this (left to send) do not take the long window: it
-/// would hold most of them, and the gain is in what repeats further apart.
-const LONG_WINDOW_MIN: u64 = 256 << 20;
 
 /// Frames read ahead of the stream, per blob (each at most [`CHUNK`]).
 const READ_AHEAD: usize = 4;
