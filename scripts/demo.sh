@@ -55,14 +55,23 @@ fingerprint=$(a id)
 echo "$fingerprint"
 b trust add --name A "$fingerprint"
 
-port=$(( 20000 + RANDOM % 20000 ))
+# A random loopback port; another one if that is taken.
+for _ in 1 2 3 4 5; do
+  port=$(( 20000 + RANDOM % 20000 ))
+  # Started directly (not through the shell function) so that $! is
+  # rimg's own PID and the cleanup stops it.
+  RIMG_CONFIG="$work/b/config" "$rimg" --root "$work/b/store" \
+    listen --addr "127.0.0.1:$port" --no-progress 2>"$work/listen.log" &
+  listener=$!
+  for _ in $(seq 50); do
+    grep -q "listening on" "$work/listen.log" && break
+    kill -0 "$listener" 2>/dev/null || break
+    sleep 0.1
+  done
+  grep -q "listening on" "$work/listen.log" && break
+done
 step "rimg listen --addr 127.0.0.1:$port   (on B, in the background)"
-# Started directly (not through the shell function) so that $! is rimg's
-# own PID and the cleanup stops it.
-RIMG_CONFIG="$work/b/config" "$rimg" --root "$work/b/store" \
-  listen --addr "127.0.0.1:$port" --no-progress 2>"$work/listen.log" &
-listener=$!
-sleep 1
+cat "$work/listen.log"
 
 step "rimg push-peer --accept-new $first 127.0.0.1:$port   (on A)"
 a push-peer --accept-new "$first" "127.0.0.1:$port"

@@ -17,6 +17,13 @@ fn no_tag(root: &Path) -> bool {
     !index.contains("big:1")
 }
 
+/// Pushes big:1 at full speed, uncompressed; its output and `done` event.
+fn push_again(sender: &Env, addr: &str) -> (String, serde_json::Value) {
+    let out = sender.ok(&["push-peer", "--json", "--compress", "none", "big:1", addr]);
+    let done = done_event(&out);
+    (out, done)
+}
+
 #[test]
 fn killed_sender_then_killed_receiver_resume_where_they_stopped() {
     let (sender, receiver) = (Env::new(), Env::new());
@@ -50,15 +57,7 @@ fn killed_sender_then_killed_receiver_resume_where_they_stopped() {
     //    only what was missing.
     let _listener = Listener::start_on(&receiver, port, &["--stall-timeout", "3"]);
     let held = partial_len(&receiver);
-    let out = sender.ok(&[
-        "push-peer",
-        "--json",
-        "--compress",
-        "none",
-        "big:1",
-        &_listener.addr,
-    ]);
-    let done = done_event(&out);
+    let (out, done) = push_again(&sender, &_listener.addr);
     let raw = done["bytes_raw"].as_u64().unwrap();
     assert!(
         raw < LAYER as u64,
@@ -80,4 +79,48 @@ fn killed_sender_then_killed_receiver_resume_where_they_stopped() {
         0,
         "the partial file became the blob"
     );
+}
+
+/// A sender stopped with SIGTERM or Ctrl-C (SIGINT) closes its connection
+/// with that reason: the receiver lets go of the partial blob at once, not
+/// after its idle timeout, and the same push run again continues it.
+#[test]
+fn an_interrupted_sender_says_so_and_the_push_continues() {
+    let (sender, receiver) = (Env::new(), Env::new());
+    let big = random_layer("big", LAYER, 11);
+    let big_len = big.len() as u64;
+    let id = seed_generated(&sender.root(), "big:1", &[big]);
+    trust(&receiver, &sender);
+    let listener = Listener::start(&receiver, &[]);
+
+    let mut held = 0;
+    for (signal, said) in [("-TERM", "terminated"), ("-INT", "interrupted")] {
+        let push = slow_push(&sender, "big:1", &listener.addr);
+        held = wait_partial(&receiver, held + (4 << 20));
+        let pid = push.id().to_string();
+        let killed = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status();
+        assert!(killed.unwrap().success());
+        let out = push.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(
+            err.contains(&format!("{said}: the receiver keeps what it got")),
+            "{err}"
+        );
+        // The reason reached the receiver, which let go of the blob.
+        listener.wait_log(said);
+        assert!(no_tag(&receiver.root()));
+        receiver.assert_consistent();
+    }
+
+    let (out, done) = push_again(&sender, &listener.addr);
+    let raw = done["bytes_raw"].as_u64().unwrap();
+    assert!(
+        raw < big_len - held + 4096,
+        "sent {raw} of {big_len}: {out}"
+    );
+    assert_eq!(image_in(&receiver, "docker.io/library/big:1").0, id);
+    receiver.assert_consistent();
 }

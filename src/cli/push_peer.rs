@@ -150,7 +150,9 @@ pub fn run(args: Args, ctx: &Context) -> Result<()> {
             rt.block_on(async {
                 let (endpoint, conn) = connect(&identity, &host, port, pin).await?;
                 let payload = payload.take().expect("sent once");
-                let result = push(&conn, &label, &store, payload, &opts, view.clone()).await;
+                let result =
+                    until_interrupted(push(&conn, &label, &store, payload, &opts, view.clone()))
+                        .await;
                 finish_connection(&endpoint, &conn, &result).await;
                 result.map_err(transfer_error)
             })?
@@ -172,7 +174,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<()> {
                 };
                 let (endpoint, conn) = connect(&identity, &host, port, check).await?;
                 let payload = payload.take().expect("sent once");
-                let result = push(&conn, &target, &store, payload, &opts, view.clone()).await;
+                let result = until_interrupted(push(&conn, &target, &store, payload, &opts, view.clone())).await;
                 finish_connection(&endpoint, &conn, &result).await;
                 result.map_err(transfer_error)
             });
@@ -405,6 +407,28 @@ async fn connect(
 /// where every blob was present) would only answer a receiver that never
 /// saw it; that receiver stops waiting on its own (10 s). A failure's
 /// reason is worth the full wait: it is what the receiver logs.
+/// Runs the push until it ends or the user stops it (Ctrl-C, SIGTERM).
+/// Stopped, the connection is closed with that reason (by
+/// [`finish_connection`]), so that the receiver lets go of its partial
+/// blobs at once rather than after its idle timeout, and the same push
+/// run again continues without waiting.
+async fn until_interrupted<T>(
+    push: impl std::future::Future<Output = Result<T, TransferError>>,
+) -> Result<T, TransferError> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let terminated = async {
+        match &mut term {
+            Some(term) => term.recv().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        result = push => result,
+        _ = tokio::signal::ctrl_c() => Err(TransferError::Interrupted("interrupted")),
+        _ = terminated => Err(TransferError::Interrupted("terminated")),
+    }
+}
+
 async fn finish_connection<T>(
     endpoint: &quinn::Endpoint,
     conn: &quinn::Connection,

@@ -388,7 +388,9 @@ mod tests {
     /// Every file of a tar, by path.
     fn files(path: &std::path::Path) -> HashMap<String, Vec<u8>> {
         let mut out = HashMap::new();
-        let mut archive = tar::Archive::new(std::fs::File::open(path).unwrap());
+        let file = std::fs::File::open(path)
+            .unwrap_or_else(|e| panic!("the shared corpus is missing: {}: {e}", path.display()));
+        let mut archive = tar::Archive::new(file);
         for entry in archive.entries().unwrap() {
             let mut entry = entry.unwrap();
             if entry.header().entry_type().is_file() {

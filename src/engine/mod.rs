@@ -67,8 +67,9 @@ pub enum EngineError {
     /// typed.
     #[error("{name:?} is not an image name or ID: {reason}")]
     BadName { name: String, reason: String },
-    /// The engine has no image by that name.
-    #[error("the Docker Engine has no image {name:?}: {message}")]
+    /// The engine has no image by that name; `message` is what it said,
+    /// where that adds anything.
+    #[error("the Docker Engine has no image {name:?}{}", colon(message))]
     NoSuchImage { name: String, message: String },
     /// The engine refused an archive we fed it.
     #[error("the Docker Engine refused the load: {message}")]
@@ -400,10 +401,22 @@ impl Engine {
                 message,
             } => EngineError::NoSuchImage {
                 name: name.to_string(),
-                message,
+                // The engine's "No such image: NAME" only repeats the name.
+                message: match message.to_ascii_lowercase().contains("no such image") {
+                    true => String::new(),
+                    false => message,
+                },
             },
             other => classify(&self.host, other),
         }
+    }
+}
+
+/// ": TEXT", or nothing for no text.
+fn colon(text: &str) -> String {
+    match text.is_empty() {
+        true => String::new(),
+        false => format!(": {text}"),
     }
 }
 

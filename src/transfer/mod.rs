@@ -113,6 +113,9 @@ pub enum TransferError {
     /// The Docker Engine's export could not be read or split.
     #[error(transparent)]
     Engine(Box<crate::engine::export::ExportError>),
+    /// The user stopped this end (Ctrl-C, SIGTERM).
+    #[error("{0}: the receiver keeps what it got, and the same push continues from there")]
+    Interrupted(&'static str),
     #[error("blob {digest}")]
     Blob {
         digest: Digest,
@@ -129,7 +132,8 @@ impl TransferError {
             TransferError::Connection { .. }
             | TransferError::Connect { .. }
             | TransferError::Stream { .. }
-            | TransferError::Stalled { .. } => true,
+            | TransferError::Stalled { .. }
+            | TransferError::Interrupted(_) => true,
             TransferError::Blob { source, .. } => source.retry_helps(),
             _ => false,
         }

@@ -150,7 +150,7 @@ pub fn partial_len(env: &Env) -> u64 {
         .unwrap_or(0)
 }
 
-/// Starts a rate-limited push in the background.
+/// Starts a rate-limited push in the background (its stderr piped).
 pub fn slow_push(sender: &Env, image: &str, addr: &str) -> Child {
     sender
         .cmd(&[
@@ -165,7 +165,7 @@ pub fn slow_push(sender: &Env, image: &str, addr: &str) -> Child {
             addr,
         ])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("push starts")
 }
