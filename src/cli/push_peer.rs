@@ -150,9 +150,11 @@ pub fn run(args: Args, ctx: &Context) -> Result<()> {
             rt.block_on(async {
                 let (endpoint, conn) = connect(&identity, &host, port, pin).await?;
                 let payload = payload.take().expect("sent once");
-                let result =
-                    until_interrupted(push(&conn, &label, &store, payload, &opts, view.clone()))
-                        .await;
+                let result = until_interrupted(
+                    &conn,
+                    push(&conn, &label, &store, payload, &opts, view.clone()),
+                )
+                .await;
                 finish_connection(&endpoint, &conn, &result).await;
                 result.map_err(transfer_error)
             })?
@@ -174,7 +176,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<()> {
                 };
                 let (endpoint, conn) = connect(&identity, &host, port, check).await?;
                 let payload = payload.take().expect("sent once");
-                let result = until_interrupted(push(&conn, &target, &store, payload, &opts, view.clone())).await;
+                let result = until_interrupted(&conn, push(&conn, &target, &store, payload, &opts, view.clone())).await;
                 finish_connection(&endpoint, &conn, &result).await;
                 result.map_err(transfer_error)
             });
@@ -408,11 +410,13 @@ async fn connect(
 /// saw it; that receiver stops waiting on its own (10 s). A failure's
 /// reason is worth the full wait: it is what the receiver logs.
 /// Runs the push until it ends or the user stops it (Ctrl-C, SIGTERM).
-/// Stopped, the connection is closed with that reason (by
-/// [`finish_connection`]), so that the receiver lets go of its partial
-/// blobs at once rather than after its idle timeout, and the same push
-/// run again continues without waiting.
+/// Stopped, the connection is closed with that reason before the push is
+/// dropped (a dropped blob stream would end as if complete, and the
+/// receiver would report a short blob instead), so that the receiver lets
+/// go of its partial blobs at once rather than after its idle timeout,
+/// and the same push run again continues without waiting.
 async fn until_interrupted<T>(
+    conn: &quinn::Connection,
     push: impl std::future::Future<Output = Result<T, TransferError>>,
 ) -> Result<T, TransferError> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -422,11 +426,15 @@ async fn until_interrupted<T>(
             None => std::future::pending().await,
         }
     };
-    tokio::select! {
-        result = push => result,
-        _ = tokio::signal::ctrl_c() => Err(TransferError::Interrupted("interrupted")),
-        _ = terminated => Err(TransferError::Interrupted("terminated")),
-    }
+    let push = std::pin::pin!(push);
+    let reason = tokio::select! {
+        result = push => return result,
+        _ = tokio::signal::ctrl_c() => "interrupted",
+        _ = terminated => "terminated",
+    };
+    let error = TransferError::Interrupted(reason);
+    conn.close(close::ERROR.into(), error.close_reason().as_bytes());
+    Err(error)
 }
 
 async fn finish_connection<T>(
