@@ -150,11 +150,8 @@ pub fn run(args: Args, ctx: &Context) -> Result<()> {
             rt.block_on(async {
                 let (endpoint, conn) = connect(&identity, &host, port, pin).await?;
                 let payload = payload.take().expect("sent once");
-                let result = until_interrupted(
-                    &conn,
-                    push(&conn, &label, &store, payload, &opts, view.clone()),
-                )
-                .await;
+                let pushed = push(&conn, &label, &store, payload, &opts, view.clone());
+                let result = until_interrupted(&conn, pushed).await;
                 finish_connection(&endpoint, &conn, &result).await;
                 result.map_err(transfer_error)
             })?
@@ -176,7 +173,8 @@ pub fn run(args: Args, ctx: &Context) -> Result<()> {
                 };
                 let (endpoint, conn) = connect(&identity, &host, port, check).await?;
                 let payload = payload.take().expect("sent once");
-                let result = until_interrupted(&conn, push(&conn, &target, &store, payload, &opts, view.clone())).await;
+                let pushed = push(&conn, &target, &store, payload, &opts, view.clone());
+                let result = until_interrupted(&conn, pushed).await;
                 finish_connection(&endpoint, &conn, &result).await;
                 result.map_err(transfer_error)
             });
@@ -399,16 +397,6 @@ async fn connect(
     Ok((endpoint, conn))
 }
 
-/// Closes the connection (with the error as its reason, on failure) and
-/// gives the close a moment to reach the receiver.
-///
-/// After a transfer that worked, the receiver has committed everything
-/// and sent `done`: the close only lets it stop waiting, and goes out
-/// with the first packet. Waiting out the whole draining period (three
-/// probe timeouts, ~90 ms even on loopback, which was most of a push
-/// where every blob was present) would only answer a receiver that never
-/// saw it; that receiver stops waiting on its own (10 s). A failure's
-/// reason is worth the full wait: it is what the receiver logs.
 /// Runs the push until it ends or the user stops it (Ctrl-C, SIGTERM).
 /// Stopped, the connection is closed with that reason before the push is
 /// dropped (a dropped blob stream would end as if complete, and the
@@ -437,6 +425,16 @@ async fn until_interrupted<T>(
     Err(error)
 }
 
+/// Closes the connection (with the error as its reason, on failure) and
+/// gives the close a moment to reach the receiver.
+///
+/// After a transfer that worked, the receiver has committed everything
+/// and sent `done`: the close only lets it stop waiting, and goes out
+/// with the first packet. Waiting out the whole draining period (three
+/// probe timeouts, ~90 ms even on loopback, which was most of a push
+/// where every blob was present) would only answer a receiver that never
+/// saw it; that receiver stops waiting on its own (10 s). A failure's
+/// reason is worth the full wait: it is what the receiver logs.
 async fn finish_connection<T>(
     endpoint: &quinn::Endpoint,
     conn: &quinn::Connection,

@@ -282,6 +282,7 @@ struct Job {
 /// waits for the disk, and in the same thread that wait and SHA-256 took
 /// turns.
 struct DirectWriter {
+    /// Taken on drop, which ends the thread.
     jobs: Option<std::sync::mpsc::SyncSender<Job>>,
     done: std::sync::mpsc::Receiver<(Job, io::Result<()>)>,
     /// A block is being written.
@@ -395,10 +396,11 @@ impl Appender {
             return Ok(());
         };
         direct.busy = false;
-        let (job, result) = direct
-            .done
-            .recv()
-            .map_err(|_| io::Error::other("the direct-write thread ended"))?;
+        let Ok((job, result)) = direct.done.recv() else {
+            // The block went with the thread.
+            self.failed = true;
+            return Err(io::Error::other("the direct-write thread ended"));
+        };
         if result.is_err() {
             self.direct = None;
             let again = self
@@ -436,8 +438,9 @@ impl Appender {
                     len: n,
                     at: self.at,
                 };
-                let sent = direct.jobs.as_ref().map(|jobs| jobs.send(job).is_ok());
-                if sent != Some(true) {
+                let jobs = direct.jobs.as_ref().expect("open until dropped");
+                if jobs.send(job).is_err() {
+                    self.failed = true;
                     return Err(io::Error::other("the direct-write thread ended"));
                 }
                 direct.busy = true;

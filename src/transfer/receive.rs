@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 
 use super::codec::{ChunkDecoder, LONG_WINDOW_MIN};
 use super::session::{Limits, ReceiverSession};
-use super::wire::{BlobHeader, CHUNK, MAX_CHUNK_WIRE, Message, WantedBlob, WireError};
+use super::wire::{BlobHeader, CHUNK, MAX_CHUNK_WIRE, Message, WireError};
 use super::{FrameReader, TransferError, close, read_frame, read_message, write_message};
 use crate::digest::Digest;
 use crate::image::{Descriptor, MEDIA_OCI_MANIFEST};
@@ -196,8 +196,8 @@ async fn serve_inner(
 
     // Only for a blob big enough for the sender to use it; held by the
     // stream that takes it to its end, else to the end of the connection.
-    let big = |w: &WantedBlob| w.size.saturating_sub(w.offset) >= LONG_WINDOW_MIN;
-    let long_permit = match version >= 4 && plan.want.iter().any(big) {
+    let big = plan.want.iter().any(|w| w.left() >= LONG_WINDOW_MIN);
+    let long_permit = match version >= 4 && big {
         true => opts.long_windows.clone().try_acquire_owned().ok(),
         false => None,
     };
@@ -606,6 +606,10 @@ async fn open_partial(
     }
 }
 
+/// Why a blob header's `long_window` is refused.
+const NOT_GRANTED: &str = "the blob stream asks for a long zstd window this receiver did not grant \
+     (at most one stream per connection, when `want` says so)";
+
 async fn receive_body(
     stream: &mut quinn::RecvStream,
     shared: &Shared,
@@ -620,20 +624,10 @@ async fn receive_body(
     // Held to the end of this stream.
     let _long_window = match header.long_window {
         false => None,
-        true => Some(
-            shared
-                .long_window
-                .lock()
-                .expect("not poisoned")
-                .take()
-                .ok_or_else(|| {
-                    WireError::Malformed(
-                        "the blob stream asks for a long zstd window this receiver did not grant \
-                 (at most one stream per connection, when `want` says so)"
-                            .into(),
-                    )
-                })?,
-        ),
+        true => {
+            let permit = shared.long_window.lock().expect("not poisoned").take();
+            Some(permit.ok_or_else(|| WireError::Malformed(NOT_GRANTED.into()))?)
+        }
     };
     let partial = open_partial(shared, &digest, size, header.offset).await?;
     if partial.offset() != header.offset {

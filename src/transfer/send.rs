@@ -214,9 +214,7 @@ pub async fn send(
     // The long window goes to the first blob with enough left to gain from
     // it, if the receiver granted one and the stream may be compressed.
     let long_for = match granted && chooser.may_compress() {
-        true => wanted
-            .iter()
-            .position(|w| w.size - w.offset >= LONG_WINDOW_MIN),
+        true => wanted.iter().position(|w| w.left() >= LONG_WINDOW_MIN),
         false => None,
     };
     let mut queue = wanted.into_iter().enumerate();
@@ -472,7 +470,7 @@ async fn send_blob_inner(job: BlobJob) -> Result<(u64, u64), TransferError> {
     let (tx, mut rx) = mpsc::channel(READ_AHEAD);
     let reader = tokio::task::spawn_blocking({
         let chooser = chooser.clone();
-        let remaining = want.size - want.offset;
+        let remaining = want.left();
         move || read_frames(file, remaining, &chooser, long, tx)
     });
     let (mut raw, mut wire) = (0u64, 0u64);

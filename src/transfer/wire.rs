@@ -134,6 +134,13 @@ pub struct WantedBlob {
     pub offset: u64,
 }
 
+impl WantedBlob {
+    /// Bytes left to send.
+    pub fn left(&self) -> u64 {
+        self.size.saturating_sub(self.offset)
+    }
+}
+
 /// The first frame of a blob stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
